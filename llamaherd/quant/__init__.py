@@ -1,0 +1,1 @@
+"""Quantized weights: GGML block types and weight-only quantized linear layers."""
