@@ -1,0 +1,186 @@
+"""The LLaMA transformer: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+One model for LLaMA-1/2/3 and llama-architecture models. No file I/O and no sampling
+here: `forward(tokens, positions, cache) -> logits`.
+
+Weight names follow Meta's checkpoints (`layers.N.attention.wq.weight`, ...), and the
+rows of wq and wk are in Meta's (and GGUF's) rotary layout: dimensions 2i and 2i+1 of
+each head form one rotating pair. Readers convert other layouts to this one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotation speed of each pair of head dimensions, after any frequency scaling."""
+    d = config.head_dim
+    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    scaling = config.rope_scaling
+    if freq_factors is not None:  # GGUF ships Llama-3.1 scaling precomputed as rope_freqs
+        freqs = freqs / freq_factors.to(torch.float64)
+    elif scaling is not None and scaling.kind == "llama3":
+        freqs = _llama3_scaled(freqs, scaling)
+    elif scaling is not None and scaling.kind == "linear":
+        freqs = freqs / scaling.factor
+    return freqs
+
+
+def _llama3_scaled(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama-3.1 scaling: slow long-wavelength pairs by `factor`, keep short ones, blend between."""
+    wavelen = 2 * math.pi / freqs
+    low_freq_wavelen = s.original_max_position / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position / s.high_freq_factor
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * freqs / s.factor + smooth * freqs
+    out = torch.where(wavelen > low_freq_wavelen, freqs / s.factor, freqs)
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(medium, blended, out)
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x ([B, T, H, D]) by angles given as cos/sin ([B, T, 1, D/2])."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        layer: int,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        rows: torch.Tensor | None,
+        span: int,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = apply_rotary_emb(self.wq(x).view(b, t, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rotary_emb(self.wk(x).view(b, t, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if cache is not None:
+            keys, values = cache.update(layer, k, v, positions, rows, span)
+        else:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config.dim, config.ffn_dim)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+
+    def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), *attn_args)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, freq_factors: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        # float64 frequencies: angles for positions in the 100k range stay exact to float32.
+        self.register_buffer("rope_freqs", rope_frequencies(config, freq_factors), persistent=False)
+
+    def rotary_angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = (positions.to(torch.float64).unsqueeze(-1) * self.rope_freqs.to(positions.device)).float()
+        return torch.cos(angles).unsqueeze(2), torch.sin(angles).unsqueeze(2)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (float32, [B, T, vocab], or [B, 1, vocab] with last_only) for tokens [B, T] at positions [B, T].
+
+        With a cache, each row's keys and values are stored at its positions and every
+        query attends to the slots up to its own position. `rows` picks cache rows for
+        the batch (default: rows 0..B-1).
+        """
+        b, t = tokens.shape
+        if positions is None:
+            positions = torch.arange(t, device=tokens.device).expand(b, t)
+        span = int(positions.max()) + 1
+        if cache is not None and span > cache.max_seq_len:
+            raise ValueError(f"position {span - 1} is beyond the cache length {cache.max_seq_len}")
+        mask = self._attention_mask(positions, span if cache is not None else t)
+        cos, sin = self.rotary_angles(positions)
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, i, positions, cache, rows, span)
+        if last_only:
+            h = h[:, -1:]
+        h = self.norm(h)
+        if self.output is None:  # tied embeddings: the output layer reuses the token table
+            return F.linear(h, self.tok_embeddings.weight).float()
+        return self.output(h).float()
+
+    @staticmethod
+    def _attention_mask(positions: torch.Tensor, n_keys: int) -> torch.Tensor | None:
+        """Boolean [B, 1, T, n_keys]: key slot j is visible to a query at position p when j <= p."""
+        if positions.shape[1] == 1 and bool((positions == n_keys - 1).all()):
+            return None  # one new token per row, all at the last slot: everything is visible
+        keys = torch.arange(n_keys, device=positions.device)
+        return (keys.view(1, 1, 1, -1) <= positions.unsqueeze(1).unsqueeze(-1))
