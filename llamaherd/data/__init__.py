@@ -1,0 +1,1 @@
+"""Data shipped with llamaherd: known-good checksum manifests of released models."""
