@@ -2,31 +2,86 @@
 
 The model is created on the meta device (no memory), then each weight is decoded and
 assigned in place, so a float model is never held twice.
+
+How Linear weights are held (`quantize`):
+  * None (default): a GGUF file's block-quantized and F16 weights stay in the file's
+    bytes (memory-mapped, nothing copied) and run on the GGUF kernels
+    (quant/gguf_linear.py); float checkpoints are loaded as float.
+  * "float": everything decoded to `dtype` (the plain path; the reference for tests).
+  * "int8" / "int4": each Linear weight is decoded, quantized (quant/linear.py) and the
+    float copy dropped before the next tensor is read.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .errors import FormatError
 from .model import Transformer, rope_frequencies
+from .quant.ggml_types import GGMLType
+from .quant.gguf_linear import GGUFEmbedding, GGUFLinear
+from .quant.linear import QUANT_MODES, quantize_linear
+
+QUANTIZE_CHOICES = (None, "float", *QUANT_MODES)
 
 
-def build_model(checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
+def build_model(
+    checkpoint,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    quantize: str | None = None,
+    group_size: int = 32,
+) -> Transformer:
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown quantize {quantize!r}; choose one of {', '.join(str(q) for q in QUANTIZE_CHOICES)}")
     config = checkpoint.config
     with torch.device("meta"):
         model = Transformer(config)
     available = set(checkpoint.tensor_names())
+    device = torch.device(device)
+    # GGUF blocks stay in the memory map on CPU; other devices get float weights (same model code)
+    keep_blocks = quantize is None and hasattr(checkpoint, "tensor_info") and dtype == torch.float32 and device.type == "cpu"
     state: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():
+    # The stored dtype where the reader offers it: no float32 detour, and a tensor already in
+    # the wanted dtype stays a view of the memory-mapped file instead of becoming a copy.
+    read = getattr(checkpoint, "load_raw", checkpoint.load)
+    for name, param in list(model.named_parameters()):
         if name not in available:
             raise FormatError(f"{checkpoint.path}: missing tensor {name}")
-        tensor = checkpoint.load(name)
-        if tuple(tensor.shape) != tuple(param.shape):
-            raise FormatError(
-                f"{checkpoint.path}: tensor {name} has shape {list(tensor.shape)}, the config needs {list(param.shape)}"
-            )
+        module_name = name.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name)
+        if keep_blocks and isinstance(module, (nn.Linear, nn.Embedding)):
+            info = checkpoint.tensor_info(name)
+            _check_shape(checkpoint, name, info.shape, param.shape)
+            if info.ggml_type == GGMLType.F32:  # a zero-copy view of the map
+                state[name] = checkpoint.file.raw(info.name).view(torch.float32).view(info.shape)
+                continue
+            raw = checkpoint.file.raw(info.name)
+            n, k = info.shape
+            block_module = GGUFLinear(raw, info.ggml_type, n, k) if isinstance(module, nn.Linear) else GGUFEmbedding(raw, info.ggml_type, n, k)
+            model.set_submodule(module_name, block_module)
+            if name == "tok_embeddings.weight" and config.tie_embeddings:
+                model.output = GGUFLinear(raw, info.ggml_type, n, k)
+            continue
+        tensor = read(name)
+        _check_shape(checkpoint, name, tensor.shape, param.shape)
+        if quantize in QUANT_MODES and isinstance(module, nn.Linear):
+            model.set_submodule(module_name, quantize_linear(tensor.to(device), quantize, group_size))
+            continue
         state[name] = tensor.to(device=device, dtype=dtype)
-    model.load_state_dict(state, assign=True, strict=True)
+    model.load_state_dict(state, assign=True, strict=False)
+    if quantize in QUANT_MODES and config.tie_embeddings:  # the output layer gets its own quantized copy
+        model.output = quantize_linear(model.tok_embeddings.weight.float(), quantize, group_size)
+    leftover = [n for n, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise FormatError(f"{checkpoint.path}: tensors not loaded: {', '.join(leftover[:5])}")
     model.rope_freqs = rope_frequencies(config, checkpoint.freq_factors).to(device)
     return model.eval()
+
+
+def _check_shape(checkpoint, name: str, shape, expected) -> None:
+    if tuple(shape) != tuple(expected):
+        raise FormatError(
+            f"{checkpoint.path}: tensor {name} has shape {list(shape)}, the config needs {list(expected)}"
+        )
