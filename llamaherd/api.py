@@ -103,12 +103,16 @@ class LLM:
 
 def load(
     path: str | Path | None = None, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-    verify: bool = True,
+    verify: bool = True, quantize: str | None = None, group_size: int = 32,
 ) -> LLM:
     """Load a model file or directory; with no path, the default model (fetched if needed).
 
     With verify, a folder's checksum manifest (checklist.chk, SHA256SUMS) is checked first
     and a mismatch raises ChecksumError; digests are cached, so this hashes each file once.
+
+    quantize: None keeps a GGUF file's quantized weights as they are, on fast kernels;
+    "float" decodes everything to `dtype`; "int8" (per output channel) and "int4" (groups
+    of `group_size`) quantize Linear weights while loading. See loader.build_model.
     """
     start = time.perf_counter()
     if path is not None and verify:
@@ -116,6 +120,6 @@ def load(
 
         verify_checkpoint(Path(path))
     checkpoint = open_checkpoint(path if path is not None else default_model_path())
-    model = build_model(checkpoint, dtype=dtype, device=device)
+    model = build_model(checkpoint, dtype=dtype, device=device, quantize=quantize, group_size=group_size)
     tokenizer = checkpoint.tokenizer()
     return LLM(model, tokenizer, checkpoint.path, load_seconds=time.perf_counter() - start)
