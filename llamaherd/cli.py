@@ -22,6 +22,10 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", help="model file or directory (default: SmolLM2-135M-Instruct, fetched if needed)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip checking the folder's checksum list (checklist.chk, SHA256SUMS) before loading")
+    p.add_argument("--quantize", choices=("int8", "int4", "float"), default=None,
+                   help="int8 (per output channel) or int4 (groups of --group-size) weights, or 'float' to decode "
+                        "a quantized file to float32 (default: keep the file's weights as they are)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +50,38 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace):
     from .api import load
 
-    return load(args.model, verify=getattr(args, "verify", True))
+    return load(args.model, verify=getattr(args, "verify", True), quantize=getattr(args, "quantize", None),
+                group_size=getattr(args, "group_size", 32))
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from .eval import perplexity
+
+    text = open(args.file, encoding="utf-8").read()
+    llm = load_model(args)
+    r = perplexity(llm, text, ctx=args.ctx, progress=not args.quiet, max_windows=args.max_windows)
+    print(f"perplexity {r.perplexity:.4f} over {r.n_scored} scored tokens ({r.n_windows} windows of {r.ctx}; "
+          f"{r.seconds:.1f} s)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .eval.bench import peak_rss_bytes, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    llm = load_model(args)
+    print(f"model:   {llm.source} ({llm.config.name}); {torch.get_num_threads()} threads")
+    print(f"load:    {llm.load_seconds:.2f} s")
+    for batch in args.batch:
+        r = run_bench(llm.model, args.prompt_tokens, args.gen_tokens, batch)
+        if batch == args.batch[0]:
+            print(f"prefill: {r.prefill_tps:.1f} tokens/s ({r.prefill_tokens}-token prompt)")
+        print(f"decode:  {r.decode_tps:.2f} tokens/s (batch {batch}, {r.decode_tokens} tokens each)")
+    print(f"peak memory: {format_bytes(peak_rss_bytes())} (max RSS)")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -209,6 +244,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    import uvicorn
+
+    from .download import default_model_path
+    from .server import create_app
+    from .server.app import model_id_for
+
+    if args.max_batch < 1 or args.max_queue < 0 or (args.ctx_size is not None and args.ctx_size < 2):
+        raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --ctx-size >= 2")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    path = Path(args.model) if args.model else default_model_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file or directory: {path}")
+    api_key = args.api_key or os.environ.get("LLAMAHERD_API_KEY") or None
+    # The server listens at once and loads in the background: /health says 503 until ready.
+    args.model = str(path)
+    app = create_app(loader=lambda: load_model(args), model_id=model_id_for(path), max_batch=args.max_batch,
+                     max_queue=args.max_queue, context_length=args.ctx_size, api_key=api_key)
+    print(f"llamaherd: serving {path.name} on http://{args.host}:{args.port} (chat page at /, API at /v1)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamaherd",
@@ -234,6 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.add_argument("--system", help="a system prompt for the conversation")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("perplexity", help="perplexity of the model over a text file (llama.cpp's method)",
+                       description="Perplexity over FILE in non-overlapping windows of --ctx tokens, scoring the "
+                                   "second half of each window, as llama.cpp's perplexity tool does.")
+    p.add_argument("file", help="a UTF-8 text file")
+    add_model_arg(p)
+    p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
+    p.add_argument("--max-windows", type=int, default=None, help="stop after this many windows")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("bench", help="prefill and decode speed, load time and peak memory",
+                       description="Time loading, a prefill of --prompt-tokens and greedy decoding of --gen-tokens.")
+    add_model_arg(p)
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default 512)")
+    p.add_argument("--gen-tokens", type=int, default=128, help="decoded tokens (default 128)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="decode batch sizes (default 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="describe a model file",
                        description="Print the architecture, parameter count, tensor types and sizes, tokenizer, "
@@ -273,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip checking the source's checksum list")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching and a chat page",
+                       description="Serve /v1/models, /v1/completions and /v1/chat/completions (OpenAI's API, "
+                                   "streaming or not), /health, /metrics, and a chat page at /.")
+    add_model_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences generated together (default 8)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a batch row; more get 429 (default 64)")
+    p.add_argument("--ctx-size", type=int, default=None,
+                   help="tokens per sequence, prompt included (default: the model's context, at most 4096)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ (or set LLAMAHERD_API_KEY)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
