@@ -35,7 +35,8 @@ class RMSNorm(nn.Module):
 def rope_frequencies(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
     """Rotation speed of each pair of head dimensions, after any frequency scaling."""
     d = config.head_dim
-    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    # on the CPU even under a meta default device: arange's meta path imports torch._dynamo (seconds)
+    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device="cpu") / d))
     scaling = config.rope_scaling
     if freq_factors is not None:  # GGUF ships Llama-3.1 scaling precomputed as rope_freqs
         freqs = freqs / freq_factors.to(torch.float64)
@@ -134,7 +135,12 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, freq_factors: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # On the meta device (the loader's way) skip the random init: Embedding's normal_ on meta
+        # tensors imports torch._dynamo, seconds of every start.
+        skip_init = torch.get_default_device().type == "meta"
+        self.tok_embeddings = nn.Embedding(
+            config.vocab_size, config.dim, _weight=torch.empty(config.vocab_size, config.dim) if skip_init else None
+        )
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)

@@ -9,7 +9,7 @@ from gguf import quants
 
 import llamaherd
 from llamaherd.quant.ggml_dequant import dequantize
-from llamaherd.quant.gguf_linear import GGUFEmbedding, GGUFLinear
+from llamaherd.quant.gguf_linear import DECODE_ROWS, GGUFEmbedding, GGUFLinear
 from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
@@ -40,11 +40,32 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows):
     raw = gguf_bytes(w, TYPES[name])
     layer = GGUFLinear(raw, int(TYPES[name]), n, k)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
-    expected = x.double() @ dequantize(raw, int(TYPES[name]), (n, k)).double().t()
+    w_float = dequantize(raw, int(TYPES[name]), (n, k)).double()
+    expected = x.double() @ w_float.t()
     # float32 sums of 512 products: relative error ~ sqrt(512) * 2^-24, far below 1e-5
     tol = 1e-5 * expected.abs().max().item()
-    assert (layer(x).double() - expected).abs().max().item() < tol
+    if native() is not None and name == "Q4_0" and rows <= DECODE_ROWS:
+        # Q4_0 decode multiplies in integers with x rounded to int8 blocks (as llama.cpp does):
+        # exact products, so it equals the float matmul on the rounded x to float32 summation
+        x_q8 = q8_blocks(x)
+        assert (layer(x).double() - x_q8 @ w_float.t()).abs().max().item() < tol
+    else:
+        assert (layer(x).double() - expected).abs().max().item() < tol
     assert (layer._blas(x, None).double() - expected).abs().max().item() < tol  # torch fallback
+
+
+def q8_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x as the native kernel rounds it for Q4_0 (float64), after checking that rounding:
+    per 32-value block, scale d = max|x| / 127 and q = round(x / d) in [-127, 127]."""
+    q, d = native().quantize_q8(x)
+    blocks = x.double().view(x.shape[0], -1, 32)
+    d_ref = blocks.abs().amax(-1) / 127
+    assert torch.allclose(d.double(), d_ref, rtol=1e-6, atol=0)
+    assert q.abs().max() <= 127
+    # round to nearest: off by at most half a step (plus float32 slack on x * (1/d))
+    dq = q.double().view_as(blocks) * d.double()[..., None]
+    assert ((dq - blocks).abs() <= d.double()[..., None] * (0.5 + 1e-5)).all()
+    return dq.view_as(x)
 
 
 def test_native_kernels_build():

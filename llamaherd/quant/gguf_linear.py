@@ -11,7 +11,11 @@ load time, and resident memory is the file's pages. Products are computed
     run-at-a-time decoding with the torch decoder in ggml_dequant.
 
 Every path computes x @ dequantize(W)^T in float32, so they agree with the plain float
-model up to the order of float additions.
+model up to the order of float additions, with one exception: Q4_0 weights with a few
+input rows (decode) take llama.cpp's route, rounding each 32-value block of x to int8
+with its own scale (x ~ d * q, |error| <= d / 2) and multiplying in integers (AVX2
+maddubs), about 3x less work per weight than decoding to float. Each row of x is
+rounded on its own, so batching rows together does not change any row's result.
 """
 
 from __future__ import annotations
