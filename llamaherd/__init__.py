@@ -1,9 +1,13 @@
-"""llamaherd: run LLaMA-family models simply, safely and fast."""
+"""llamaherd: run LLaMA-family models simply, safely and fast.
 
-from .api import LLM, load
+The names that need torch (load, LLM, SamplingParams) are imported on first use, so
+that `llamaherd --help` starts fast and the CLI can set up threading before torch loads.
+"""
+
+from importlib import import_module
+
 from .config import NAMED_CONFIGS, ModelConfig
 from .errors import ChecksumError, FormatError, UnsafeCheckpointError
-from .generate import SamplingParams
 
 __all__ = [
     "LLM",
@@ -16,3 +20,11 @@ __all__ = [
     "UnsafeCheckpointError",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"LLM": ".api", "load": ".api", "SamplingParams": ".generate"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'llamaherd' has no attribute {name!r}")

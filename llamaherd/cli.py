@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import time
 from typing import Sequence
@@ -377,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting make a busy 2-core machine several times
+    # slower (measured: 4x on SmolLM2 decode); sleeping costs <3% when the machine is idle.
+    # Set before torch is imported; an explicit setting by the user wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

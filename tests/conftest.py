@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# As the CLI does: waiting OpenMP threads sleep instead of spinning, so the test process
+# and the servers it starts do not starve each other on a 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
