@@ -240,6 +240,15 @@ def fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def interleaved_best_rates(engines: list[str], kind: str, path: Path, args, tokens: int) -> tuple:
+    """Best tokens/s of llamaherd and llama.cpp, their runs interleaved so both see the same load."""
+    res = {e: [] for e in engines}
+    for _ in range(args.rounds):
+        for e in engines:
+            res[e].append(run_worker(e, kind, path, args, tokens=tokens))
+    return best(res["llamaherd"], "tps"), best(res.get("llamacpp", []), "tps")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "TASK", "MODEL"))
@@ -283,11 +292,7 @@ def main() -> None:
         for label, path in models.items():
             if not path.exists():
                 continue
-            res = {e: [] for e in engines}
-            for _ in range(args.rounds):
-                for e in engines:
-                    res[e].append(run_worker(e, "decode", path, args, tokens=args.tokens))
-            lh, cpp = best(res["llamaherd"], "tps"), best(res.get("llamacpp", []), "tps")
+            lh, cpp = interleaved_best_rates(engines, "decode", path, args, args.tokens)
             limit = bw / bytes_per_token(path)
             print(f"{label:16s} {fmt(lh, '.2f'):>10s} {fmt(cpp, '.2f'):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s} "
                   f"{limit:7.2f} {fmt(lh / limit * 100 if lh else None, '.0f'):>6s}% {fmt(cpp / limit * 100 if cpp else None, '.0f'):>6s}%",
@@ -299,11 +304,7 @@ def main() -> None:
         for label, path in models.items():
             if not path.exists():
                 continue
-            res = {e: [] for e in engines}
-            for _ in range(args.rounds):
-                for e in engines:
-                    res[e].append(run_worker(e, "prefill", path, args, tokens=args.prefill_tokens))
-            lh, cpp = best(res["llamaherd"], "tps"), best(res.get("llamacpp", []), "tps")
+            lh, cpp = interleaved_best_rates(engines, "prefill", path, args, args.prefill_tokens)
             print(f"{label:16s} {fmt(lh):>10s} {fmt(cpp):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s}", flush=True)
 
     if "batch" in args.only and random_model("Q4_0").exists():
