@@ -75,6 +75,7 @@ class LLM:
         stops = StopStrings(list(stop))
         start = time.perf_counter()
         tokens = generate_tokens(self.model, prompt_ids, max_tokens, params, stop_ids=self.tokenizer.eog_ids)
+        room = min(max_tokens, self.config.max_seq_len - len(prompt_ids))  # generate_tokens' own limit
         try:
             for token in tokens:
                 stats.completion_tokens += 1
@@ -83,13 +84,11 @@ class LLM:
                     yield text
                 if stops.stopped:
                     break
-            else:
-                stats.finish_reason = "stop" if stats.completion_tokens < max_tokens else "length"
             tail = stops.push(decoder.flush()) + stops.flush()
             if tail:
                 yield tail
-            if stops.stopped:
-                stats.finish_reason = "stop"
+            # fewer tokens than there was room for: an end token or a stop string ended it
+            stats.finish_reason = "stop" if stops.stopped or stats.completion_tokens < room else "length"
         finally:
             tokens.close()
             stats.seconds = time.perf_counter() - start

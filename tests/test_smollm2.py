@@ -80,6 +80,7 @@ def test_logits_match_transformers_on_shakespeare(llm, smollm2_path, assets):
 def test_greedy_generation_names_paris(llm):
     out = llm.generate("The capital of France is", max_tokens=8, temperature=0.0)
     assert out.startswith(" Paris"), out
+    assert llm.last_stats.completion_tokens == 8 and llm.last_stats.finish_reason == "length"
 
 
 def test_stream_pieces_join_to_generate(llm):
