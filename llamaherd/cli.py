@@ -10,7 +10,6 @@ import argparse
 import collections
 import os
 import sys
-import time
 from typing import Sequence
 
 from . import __version__

@@ -233,8 +233,6 @@ def _gguf_data(t: torch.Tensor, kind: str, qtype) -> np.ndarray:
 
 
 def _add_kv(w, key: str, value: Any) -> None:
-    import gguf
-
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if key.endswith("_token_id"):

@@ -4,7 +4,6 @@ an allocation larger than the file; plus bounded hypothesis fuzzing of the heade
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

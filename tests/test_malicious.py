@@ -8,7 +8,6 @@ to show that it really does run code when unpickled without an allowlist.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import subprocess
 import sys

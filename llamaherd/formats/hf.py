@@ -8,7 +8,6 @@ for rotate-half rotary embeddings: `to_interleaved` undoes that (convert_hf_to_g
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from ..config import ModelConfig, config_from_hf
 from ..errors import FormatError
+from .json_file import read_json_object
 from .safetensors import SafetensorsFile
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -68,8 +68,8 @@ def is_hf_dir(path: Path) -> bool:
 def weight_files(path: Path) -> list[Path]:
     index_path = path / INDEX_FILE
     if index_path.is_file():
+        index = read_json_object(index_path)
         try:
-            index = json.loads(index_path.read_text())
             weight_map = index["weight_map"]
             files = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -90,8 +90,8 @@ class HFCheckpoint:
         self.path = Path(path)
         self.freq_factors = None
         config_path = self.path / "config.json"
+        self.hf_config: dict[str, Any] = read_json_object(config_path)
         try:
-            self.hf_config: dict[str, Any] = json.loads(config_path.read_text())
             arch = self.hf_config.get("model_type", "llama")
             if arch not in ("llama", "mistral"):
                 raise FormatError(f"{config_path}: unsupported model_type {arch!r} (llamaherd runs llama)")

@@ -11,7 +11,6 @@ Weight names and the rotary layout are already llamaherd's canonical ones.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 
 from ..config import ModelConfig, config_from_params_json
 from ..errors import FormatError
+from .json_file import read_json_object
 from .safe_pickle import TorchArchive, load_state_dict
 
 SHARD_PATTERN = re.compile(r"consolidated\.(\d{2})\.pth")
@@ -57,12 +57,7 @@ class MetaCheckpoint:
         self.path = Path(path)
         self.freq_factors = None
         params_path = self.path / "params.json"
-        try:
-            self.params: dict[str, Any] = json.loads(params_path.read_text())
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{params_path}: cannot read params.json: {e}") from None
-        if not isinstance(self.params, dict):
-            raise FormatError(f"{params_path}: expected a JSON object")
+        self.params: dict[str, Any] = read_json_object(params_path)
         self.params = self.params.get("model", self.params)  # some releases nest it
         self.shard_paths = self._shard_paths()
         self._archives: list[TorchArchive] = []

@@ -21,7 +21,6 @@ rounded on its own, so batching rows together does not change any row's result.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .ggml_dequant import dequantize

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+from ..formats.json_file import read_json_object
 from .base import Tokenizer, TokenType, Vocab
 from .bpe import BYTE_DECODER
 
@@ -46,10 +47,10 @@ class TokenizerJson(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
+        spec = read_json_object(path)
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
             self._hf = HFTokenizer.from_str(json.dumps(spec))
-        except (OSError, ValueError, Exception) as e:
+        except Exception as e:  # the library raises its own exception types
             raise FormatError(f"{path}: not a usable tokenizer.json: {e}") from None
         self._hf.encode_special_tokens = True  # base.py decides which special texts are tokens
         config = self._read_config(path.parent / "tokenizer_config.json")
@@ -95,13 +96,7 @@ class TokenizerJson(Tokenizer):
 
     @staticmethod
     def _read_config(path: Path) -> dict:
-        if not path.is_file():
-            return {}
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{path}: invalid JSON: {e}") from None
-        return config if isinstance(config, dict) else {}
+        return read_json_object(path) if path.is_file() else {}
 
     @staticmethod
     def _special(ids: dict[str, int], text: str | None, guesses: tuple[str, ...]) -> int | None:
