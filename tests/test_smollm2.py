@@ -83,10 +83,16 @@ def test_greedy_generation_names_paris(llm):
     assert llm.last_stats.completion_tokens == 8 and llm.last_stats.finish_reason == "length"
 
 
-def test_stream_pieces_join_to_generate(llm):
-    pieces = list(llm.stream("Once upon a time", max_tokens=24, temperature=0.0))
+def test_stream_pieces_join_to_the_decoded_tokens(llm):
+    """Streamed text (incremental decoding) equals a one-shot decode of the generated ids."""
+    from llamaherd.generate import SamplingParams, generate_tokens
+
+    prompt = "Once upon a time"
+    pieces = list(llm.stream(prompt, max_tokens=24, temperature=0.0))
+    ids = list(generate_tokens(llm.model, llm.encode_prompt(prompt), 24, SamplingParams(temperature=0.0),
+                               stop_ids=llm.tokenizer.eog_ids))
     assert len(pieces) > 1
-    assert "".join(pieces) == llm.generate("Once upon a time", max_tokens=24, temperature=0.0)
+    assert "".join(pieces) == llm.tokenizer.decode(ids)
 
 
 def test_same_seed_same_output(llm):
