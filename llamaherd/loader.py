@@ -4,9 +4,12 @@ The model is created on the meta device (no memory), then each weight is decoded
 assigned in place, so a float model is never held twice.
 
 How Linear weights are held (`quantize`):
-  * None (default): a GGUF file's block-quantized and F16 weights stay in the file's
-    bytes (memory-mapped, nothing copied) and run on the GGUF kernels
-    (quant/gguf_linear.py); float checkpoints are loaded as float.
+  * None (default): a GGUF file's block-quantized and F16 weights keep their GGML
+    encoding and run on the GGUF kernels (quant/gguf_linear.py): memory-mapped as they
+    are, or repacked once for the integer kernels (then the file's pages are let go, and
+    q/k/v and w1/w3 share one product each); float checkpoints are loaded as float.
+    `int8_activations` picks llama.cpp's rounding of activations for the integer kernels
+    (one int8 term instead of three; see quant/gguf_linear.py).
   * "float": everything decoded to `dtype` (the plain path; the reference for tests).
   * "int8" / "int4": each Linear weight is decoded, quantized (quant/linear.py) and the
     float copy dropped before the next tensor is read.
@@ -32,6 +35,7 @@ def build_model(
     device: str | torch.device = "cpu",
     quantize: str | None = None,
     group_size: int = 32,
+    int8_activations: bool = False,
 ) -> Transformer:
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"unknown quantize {quantize!r}; choose one of {', '.join(str(q) for q in QUANTIZE_CHOICES)}")
@@ -59,10 +63,17 @@ def build_model(
                 continue
             raw = checkpoint.file.raw(info.name)
             n, k = info.shape
-            block_module = GGUFLinear(raw, info.ggml_type, n, k) if isinstance(module, nn.Linear) else GGUFEmbedding(raw, info.ggml_type, n, k)
-            model.set_submodule(module_name, block_module)
+            if isinstance(module, nn.Linear):
+                linear = GGUFLinear(raw, info.ggml_type, n, k)
+                linear.int8_activations = int8_activations
+                model.set_submodule(module_name, linear)
+                if linear.packed is not None:
+                    checkpoint.file.release(info.name)
+                continue
+            model.set_submodule(module_name, GGUFEmbedding(raw, info.ggml_type, n, k))
             if name == "tok_embeddings.weight" and config.tie_embeddings:
-                model.output = GGUFLinear(raw, info.ggml_type, n, k)
+                model.output = GGUFLinear(raw, info.ggml_type, n, k)  # a packed copy, or the same bytes
+                model.output.int8_activations = int8_activations
             continue
         tensor = read(name)
         _check_shape(checkpoint, name, tensor.shape, param.shape)
@@ -77,7 +88,21 @@ def build_model(
     if leftover:
         raise FormatError(f"{checkpoint.path}: tensors not loaded: {', '.join(leftover[:5])}")
     model.rope_freqs = rope_frequencies(config, checkpoint.freq_factors).to(device)
+    if keep_blocks:
+        _fuse_projections(model)
     return model.eval()
+
+
+def _fuse_projections(model: Transformer) -> None:
+    """q/k/v and w1/w3 of each layer as one product where their encodings allow (GGUFLinear.concat)."""
+    for layer in model.layers:
+        attn, ffn = layer.attention, layer.feed_forward
+        wqkv = GGUFLinear.concat([attn.wq, attn.wk, attn.wv])
+        if wqkv is not None:
+            attn.fuse(wqkv)
+        w13 = GGUFLinear.concat([ffn.w1, ffn.w3])
+        if w13 is not None:
+            ffn.fuse(w13)
 
 
 def _check_shape(checkpoint, name: str, shape, expected) -> None:

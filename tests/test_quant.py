@@ -9,7 +9,7 @@ from gguf import quants
 
 import llamaherd
 from llamaherd.quant.ggml_dequant import dequantize
-from llamaherd.quant.gguf_linear import DECODE_ROWS, GGUFEmbedding, GGUFLinear
+from llamaherd.quant.gguf_linear import PACKED_TYPES, GGUFEmbedding, GGUFLinear
 from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
@@ -34,8 +34,9 @@ def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])
-def test_gguf_linear_equals_dequantized_matmul(name, rows):
-    n, k = 72, 512
+@pytest.mark.parametrize("n", [72, 69])  # 69: the packed layout's last group of 8 rows is partial
+def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
+    k = 512
     w = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32)
     raw = gguf_bytes(w, TYPES[name])
     layer = GGUFLinear(raw, int(TYPES[name]), n, k)
@@ -44,14 +45,61 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows):
     expected = x.double() @ w_float.t()
     # float32 sums of 512 products: relative error ~ sqrt(512) * 2^-24, far below 1e-5
     tol = 1e-5 * expected.abs().max().item()
-    if native() is not None and name == "Q4_0" and rows <= DECODE_ROWS:
-        # Q4_0 decode multiplies in integers with x rounded to int8 blocks (as llama.cpp does):
-        # exact products, so it equals the float matmul on the rounded x to float32 summation
-        x_q8 = q8_blocks(x)
-        assert (layer(x).double() - x_q8 @ w_float.t()).abs().max().item() < tol
+    if layer.packed is not None:
+        # packed types multiply in integers with x carried by int8 blocks: exact products, so
+        # each equals the float matmul on that x up to float32 summation
+        # int8_activations: one term (llama.cpp's rounding); by default three
+        for int8_activations, terms in ((True, 1), (False, 3)):
+            layer.int8_activations = int8_activations
+            assert (layer(x).double() - int8_terms(x, terms) @ w_float.t()).abs().max().item() < tol
+        # three terms are float-accurate: within 2^-22 of each block's largest value
+        blocks = x.view(rows, -1, 32)
+        err = (int8_terms(x, 3).view_as(blocks) - blocks.double()).abs().amax(-1)
+        assert (err <= blocks.abs().amax(-1) * 2**-22).all()
+        assert (layer(x).double() - expected).abs().max().item() < 1e-5 * expected.abs().max().item()
+        assert torch.equal(layer.ggml_bytes(), raw)  # the packed layout loses nothing
     else:
         assert (layer(x).double() - expected).abs().max().item() < tol
     assert (layer._blas(x, None).double() - expected).abs().max().item() < tol  # torch fallback
+
+
+def test_native_packs_the_types_it_multiplies():
+    if native() is None:
+        pytest.skip("no native kernels")
+    for name in ("Q4_0", "Q4_1", "Q8_0"):
+        raw = gguf_bytes(np.ones((8, 64), np.float32), TYPES[name])
+        assert GGUFLinear(raw, int(TYPES[name]), 8, 64).packed is not None
+    assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in ("Q4_0", "Q4_1", "Q8_0")}
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_concat_equals_separate_layers(name):
+    """q/k/v fused into one product: the same numbers as three products, bit for bit
+    (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""
+    k = 256
+    rng = np.random.default_rng(3)
+    layers = [GGUFLinear(gguf_bytes(rng.standard_normal((n, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), n, k)
+              for n in (64, 16, 16)]
+    fused = GGUFLinear.concat(layers)
+    if layers[0].packed is None:  # F16 (or no native kernels): not fusable, kept apart
+        assert fused is None
+        return
+    x = torch.randn(3, k)
+    assert torch.equal(fused(x), torch.cat([l(x) for l in layers], dim=-1))
+    # rows not a multiple of 8 would leave padding inside the fused layout: refused
+    odd = GGUFLinear(gguf_bytes(rng.standard_normal((12, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), 12, k)
+    assert GGUFLinear.concat([layers[0], odd]) is None
+
+
+def int8_terms(x: torch.Tensor, terms: int) -> torch.Tensor:
+    """x as the packed kernels carry it (float64): int8 roundings, each of what the ones before
+    missed (the remainder computed in float32, as the kernel does)."""
+    total, rest = 0, x
+    for _ in range(terms):
+        term = q8_blocks(rest)
+        total = total + term
+        rest = rest - term.float()
+    return total
 
 
 def q8_blocks(x: torch.Tensor) -> torch.Tensor:

@@ -244,6 +244,16 @@ class GGUFFile:
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(array)
 
+    def release(self, name: str) -> None:
+        """Drop this process's resident pages of a tensor whose bytes were copied elsewhere
+        (the whole pages inside it). Views stay valid: a later read faults the pages back in
+        from the page cache."""
+        info = self.tensors[name]
+        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (info.offset + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         # Views handed out keep the map alive through their buffer; closing then would fail.
         try:

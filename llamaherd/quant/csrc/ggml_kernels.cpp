@@ -1,18 +1,16 @@
-// Matrix products straight on GGML block bytes (F16, Q8_0, Q4_0, Q4_1), AVX2 + FMA + F16C.
+// Matrix products straight on GGML weight bytes, AVX2 + FMA + F16C.
 //
-// The weights stay in the file's layout (a memory map): a row of K values is K/32 blocks.
-// Activations stay float32, so results equal "dequantize the weight, then x @ W^T" up to
-// the order of float additions:
-//   * gemm(x, w) for a few rows of x (decode): each weight block is decoded into registers
-//     and multiplied with every row of x while it is hot;
-//   * dequant(w, rows) decodes a run of weight rows into float32 for a BLAS matmul (prefill).
-// Q4_0 with a few rows of x is the exception (gemm_q4_0_q8): like llama.cpp, each 32-value
-// block of x is quantized to int8 with its own scale (max|x| / 127) and multiplied with the
-// weight's 4-bit values in integers (_mm256_maddubs_epi16), so results equal
-// "dequantize W, round x to its int8 blocks, then x @ W^T" up to the order of additions.
+//   * F16: gemm(x, w) for a few rows of x: each weight row is converted to float in
+//     registers and multiplied with every row of x; dequant() decodes runs of rows to
+//     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
+//   * Q4_0, Q4_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
+//     (pack(), described below) and packed_gemm() multiplies it in integers with x rounded to
+//     int8 blocks, for any number of rows of x. Results equal "dequantize W, round x to its
+//     int8 blocks, then x @ W^T" up to float summation order.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -43,127 +41,59 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One 32-value block as four vectors of 8 floats (before the block's scale and offset).
-struct Block {
-  __m256 v[4];
-  float d, m;  // value = d * q + m
-};
-
-inline void i8x32_to_ps(__m128i lo16, __m128i hi16, __m256* v) {
-  v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo16));
-  v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo16, 8)));
-  v[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi16));
-  v[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi16, 8)));
-}
-
-template <int64_t T>
-inline void load_block(const uint8_t* b, Block& out) {
-  if constexpr (T == Q8_0) {
-    out.d = half(b);
-    out.m = 0.f;
-    i8x32_to_ps(_mm_loadu_si128((const __m128i*)(b + 2)), _mm_loadu_si128((const __m128i*)(b + 18)), out.v);
-  } else if constexpr (T == Q4_0 || T == Q4_1) {
-    const uint8_t* qs = b + (T == Q4_0 ? 2 : 4);
-    __m128i raw = _mm_loadu_si128((const __m128i*)qs);
-    __m128i mask = _mm_set1_epi8(0x0F);
-    __m128i lo = _mm_and_si128(raw, mask);                     // values 0..15 of the block
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);  // values 16..31
-    if constexpr (T == Q4_0) {                                  // q - 8, exact in int8
-      lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
-      hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
-    }
-    i8x32_to_ps(lo, hi, out.v);
-    out.d = half(b);
-    out.m = T == Q4_1 ? half(b + 2) : 0.f;
-  }
-}
-
-template <int64_t T>
-inline void dequant_row(const uint8_t* row, int64_t k, float* out) {
-  if constexpr (T == F16) {
-    for (int64_t i = 0; i < k; i += 8)
-      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i))));
-  } else {
-    const int64_t bb = row_bytes(T, 32);
-    Block blk;
-    for (int64_t b = 0; b < k / 32; ++b) {
-      load_block<T>(row + b * bb, blk);
-      __m256 d = _mm256_set1_ps(blk.d), m = _mm256_set1_ps(blk.m);
-      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + 32 * b + 8 * j, _mm256_fmadd_ps(blk.v[j], d, m));
-    }
-  }
+inline void dequant_row_f16(const uint8_t* row, int64_t k, float* out) {
+  for (int64_t i = 0; i < k; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i))));
 }
 
 // out[r, :] for rows [r0, r1) of w decoded to float32.
-template <int64_t T>
-void dequant_rows(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
-  const int64_t rb = row_bytes(T, k);
+void dequant_rows_f16(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
   at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) dequant_row<T>(w + r * rb, k, out + (r - r0) * k);
+    for (int64_t r = a; r < b; ++r) dequant_row_f16(w + r * 2 * k, k, out + (r - r0) * k);
   });
 }
 
 constexpr int MAX_M = 8;  // rows of x handled together in one pass over the weights
+// A single core's hardware prefetch leaves DRAM bandwidth unused when it streams weights:
+// the kernels ask for bytes this far ahead (measured best of 512..3072 on a 2-core EPYC).
+constexpr int64_t PREFETCH_BYTES = 2048;
 
-// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1).
-template <int64_t T, int M>
-void gemm_tile(const float* x, const float* xsum, const uint8_t* w, int64_t k, int64_t n0, int64_t n1,
-               float* y, int64_t ldy) {
-  const int64_t rb = row_bytes(T, k);
-  const int64_t nb = k / 32;
+// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16.
+template <int M>
+void gemm_f16_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w + n * rb;
+    const uint8_t* row = w + n * 2 * k;
     __m256 acc[M];
-    float offs[M];
-    for (int i = 0; i < M; ++i) { acc[i] = _mm256_setzero_ps(); offs[i] = 0.f; }
-    if constexpr (T == F16) {
-      for (int64_t i = 0; i < k; i += 8) {
-        __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i)));
-        for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * k + i), acc[m]);
-      }
-    } else {
-      const int64_t bb = row_bytes(T, 32);
-      Block blk;
-      for (int64_t b = 0; b < nb; ++b) {
-        load_block<T>(row + b * bb, blk);
-        const __m256 d = _mm256_set1_ps(blk.d);
-        for (int m = 0; m < M; ++m) {
-          const float* xb = x + m * k + 32 * b;
-          __m256 s = _mm256_mul_ps(blk.v[0], _mm256_loadu_ps(xb));
-          s = _mm256_fmadd_ps(blk.v[1], _mm256_loadu_ps(xb + 8), s);
-          s = _mm256_fmadd_ps(blk.v[2], _mm256_loadu_ps(xb + 16), s);
-          s = _mm256_fmadd_ps(blk.v[3], _mm256_loadu_ps(xb + 24), s);
-          acc[m] = _mm256_fmadd_ps(d, s, acc[m]);
-          if constexpr (T == Q4_1) offs[m] += blk.m * xsum[m * nb + b];
-        }
-      }
+    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 8) {
+      if (i % 32 == 0) _mm_prefetch((const char*)row + 2 * i + PREFETCH_BYTES, _MM_HINT_T0);
+      __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i)));
+      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * k + i), acc[m]);
     }
-    for (int m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]) + offs[m];
+    for (int m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]);
   }
 }
 
-template <int64_t T>
-void gemm_type(const float* x, const float* xsum, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+void gemm_f16(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   at::parallel_for(0, n, 32, [&](int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < m; m0 += MAX_M) {
       const float* xm = x + m0 * k;
-      const float* sm = xsum + m0 * (k / 32);
       float* ym = y + m0 * n;
       switch (std::min<int64_t>(MAX_M, m - m0)) {
-        case 1: gemm_tile<T, 1>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 2: gemm_tile<T, 2>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 3: gemm_tile<T, 3>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 4: gemm_tile<T, 4>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 5: gemm_tile<T, 5>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 6: gemm_tile<T, 6>(xm, sm, w, k, n0, n1, ym, n); break;
-        case 7: gemm_tile<T, 7>(xm, sm, w, k, n0, n1, ym, n); break;
-        default: gemm_tile<T, 8>(xm, sm, w, k, n0, n1, ym, n); break;
+        case 1: gemm_f16_tile<1>(xm, w, k, n0, n1, ym, n); break;
+        case 2: gemm_f16_tile<2>(xm, w, k, n0, n1, ym, n); break;
+        case 3: gemm_f16_tile<3>(xm, w, k, n0, n1, ym, n); break;
+        case 4: gemm_f16_tile<4>(xm, w, k, n0, n1, ym, n); break;
+        case 5: gemm_f16_tile<5>(xm, w, k, n0, n1, ym, n); break;
+        case 6: gemm_f16_tile<6>(xm, w, k, n0, n1, ym, n); break;
+        case 7: gemm_f16_tile<7>(xm, w, k, n0, n1, ym, n); break;
+        default: gemm_f16_tile<8>(xm, w, k, n0, n1, ym, n); break;
       }
     }
   });
 }
 
-// --- Q4_0 weights x int8-quantized activations ---------------------------------------
+// --- int8-rounded activations -----------------------------------------------------------
 
 // x [m, k] -> int8 values q [m, k] and one float scale per 32-block d [m, k/32]: x ~ d * q.
 void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d) {
@@ -192,113 +122,214 @@ void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d)
   }
 }
 
-// The activation blocks as the Q4_0 kernel reads them, for rows m0 .. m0 + MAX_M - 1:
-// block b of row m is q[m][32b ..] (int8), and per block the scales of all rows side by side,
-// dT[b][m] = d, and offT[b][m] = -8 * d * sum(q of the block) (the "- 8" of Q4_0's values).
-struct Q8Rows {
-  const int8_t* q;
-  const float* dT;    // [nb][MAX_M]
-  const float* offT;  // [nb][MAX_M]
+// ---- Packed 8-row layout for Q4_0, Q4_1 and Q8_0 -------------------------------------
+//
+// The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
+// 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
+// interleaved 4 at a time, so one 32-byte register holds 4 values of each of the 8 rows.
+// One integer multiply-add of such a register with 4 activation values broadcast to all
+// lanes then gives partial dot products of all 8 rows at once, lane r for row r: no
+// horizontal sums, and each activation block is loaded once per 8 weight rows. This is the
+// layout idea of llama.cpp's "repack" CPU buffers (block_q4_0x8), written for our kernels.
+// The packed bytes are as many as the file's (rows padded to a multiple of 8 with zeros).
+//
+// Group g (rows 8g .. 8g+7), block b, at byte (g * nb + b) * group_block_bytes:
+//   Q4_0: d[8] fp16 | 4 chunks of 32 bytes                      (144 bytes)
+//   Q4_1: d[8] fp16 | m[8] fp16 | 4 chunks of 32 bytes          (160 bytes)
+//   Q8_0: d[8] fp16 | 8 chunks of 32 bytes                      (272 bytes)
+// Q4 chunk c: bytes 4r..4r+3 are row r's values 8c+i (low nibble) and 8c+4+i (high nibble).
+// Q8 chunk c: bytes 4r..4r+3 are row r's values 4c+i.
+//
+// Activations are rounded per 32-value block to int8 with one float scale (max|x| / 127),
+// as llama.cpp does for these weight types; the products are exact integers.
+
+inline int64_t packed_block_bytes(int64_t type) {
+  switch (type) {
+    case Q4_0: return 144;
+    case Q4_1: return 160;
+    case Q8_0: return 272;
+  }
+  TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
+}
+
+inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
+
+// A row's 32-value block `src` (GGML layout) into packed block `dst`, as row r of the 8.
+template <int64_t T>
+inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
+  std::memcpy(dst + 2 * r, src, 2);  // d
+  if constexpr (T == Q8_0) {
+    const int8_t* q = (const int8_t*)(src + 2);
+    for (int c = 0; c < 8; ++c) std::memcpy(dst + 16 + 32 * c + 4 * r, q + 4 * c, 4);
+  } else {
+    const uint8_t* qs = src + (T == Q4_1 ? 4 : 2);
+    uint8_t* out = dst + (T == Q4_1 ? 32 : 16);
+    if constexpr (T == Q4_1) std::memcpy(dst + 16 + 2 * r, src + 2, 2);  // m
+    uint8_t v[32];
+    for (int j = 0; j < 16; ++j) { v[j] = qs[j] & 0x0F; v[j + 16] = qs[j] >> 4; }
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) out[32 * c + 4 * r + i] = uint8_t(v[8 * c + i] | (v[8 * c + 4 + i] << 4));
+  }
+}
+
+template <int64_t T>
+inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
+  std::memcpy(dst, src + 2 * r, 2);
+  if constexpr (T == Q8_0) {
+    for (int c = 0; c < 8; ++c) std::memcpy(dst + 2 + 4 * c, src + 16 + 32 * c + 4 * r, 4);
+  } else {
+    const uint8_t* in = src + (T == Q4_1 ? 32 : 16);
+    uint8_t* qs = dst + (T == Q4_1 ? 4 : 2);
+    if constexpr (T == Q4_1) std::memcpy(dst + 2, src + 16 + 2 * r, 2);
+    uint8_t v[32];
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t byte = in[32 * c + 4 * r + i];
+        v[8 * c + i] = byte & 0x0F;
+        v[8 * c + 4 + i] = byte >> 4;
+      }
+    for (int j = 0; j < 16; ++j) qs[j] = uint8_t(v[j] | (v[j + 16] << 4));
+  }
+}
+
+template <int64_t T>
+void pack_rows(const std::vector<const uint8_t*>& rows, int64_t k, uint8_t* out) {
+  const int64_t nb = k / 32, gb = packed_block_bytes(T), bb = row_bytes(T, 32);
+  const int64_t n = rows.size();
+  at::parallel_for(0, groups_of(n), 16, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int r = 0; r < 8 && 8 * g + r < n; ++r)
+        for (int64_t b = 0; b < nb; ++b) pack_block<T>(rows[8 * g + r] + b * bb, r, out + (g * nb + b) * gb);
+  });
+}
+
+template <int64_t T>
+void unpack_rows(const uint8_t* packed, int64_t n, int64_t k, uint8_t* out) {
+  const int64_t nb = k / 32, gb = packed_block_bytes(T), bb = row_bytes(T, 32);
+  for (int64_t row = 0; row < n; ++row)
+    for (int64_t b = 0; b < nb; ++b)
+      unpack_block<T>(packed + (row / 8 * nb + b) * gb, int(row % 8), out + row * row_bytes(T, k) + b * bb);
+}
+
+// x rounded to int8 blocks: q [m, k], scale d [m, k/32] and block sums s [m, k/32].
+struct Q8Act {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> s;
 };
 
-inline __m256i q4_0_nibbles(const uint8_t* b) {  // the 32 unsigned values q (0..15) of a Q4_0 block, in order
-  __m128i raw = _mm_loadu_si128((const __m128i*)(b + 2));
-  __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-}
-
-// y[m, n] for m < M: sum over blocks of dw * dx * (sum q_w * q_x) + dw * offT, with q_w unsigned
-// (maddubs: u8 x s8, pairs summed to int16: |.| <= 2 * 15 * 127, no saturation).
-template <int M>
-void gemm_q4_0_q8_tile(Q8Rows x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  const int64_t nb = k / 32, rb = nb * 18;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w + n * rb;
-    __m256 acc[M];
-    __m256 off = _mm256_setzero_ps();  // lane m: the offset term of row m
-    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + 18 * b;
-      const __m256i wq = q4_0_nibbles(blk);
-      const __m256 dw = _mm256_set1_ps(half(blk));
-      alignas(32) float s[MAX_M];
-      _mm256_store_ps(s, _mm256_mul_ps(dw, _mm256_loadu_ps(x.dT + MAX_M * b)));
-      off = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.offT + MAX_M * b), off);
-      for (int m = 0; m < M; ++m) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + m * k + 32 * b));
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), ones);
-        acc[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + m), _mm256_cvtepi32_ps(p), acc[m]);
+// Row i of x as `terms` rows of int8 blocks (rows terms*i ..): the first rounds x, each next
+// one rounds what the ones before missed (|x - first| <= d/2 per block, so the second's step
+// is <= d/254): two terms carry x to about 2^-15 of each block's largest value, three to 2^-22.
+Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms) {
+  const int64_t nb = k / 32, rows = m * terms;
+  Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nb), std::vector<int32_t>(rows * nb)};
+  at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> rest(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* src = x + r * k;
+      for (int64_t t = 0; t < terms; ++t) {
+        const int64_t row = r * terms + t;
+        int8_t* q = a.q.data() + row * k;
+        float* d = a.d.data() + row * nb;
+        quantize_rows_q8(src, 1, k, q, d);
+        if (t + 1 < terms) {  // what this term leaves for the next
+          for (int64_t i = 0; i < k; ++i) rest[i] = src[i] - d[i / 32] * float(q[i]);
+          src = rest.data();
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          int32_t sum = 0;
+          for (int j = 0; j < 32; ++j) sum += q[32 * b + j];
+          a.s[row * nb + b] = sum;
+        }
       }
     }
-    alignas(32) float o[MAX_M];
-    _mm256_store_ps(o, off);
-    for (int m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]) + o[m];
-  }
+  });
+  return a;
 }
 
-// One row of x (plain decode): fewer instructions per block than the tile above, two blocks
-// a step on two accumulators, and the "- 8" offset summed as one scalar per weight row.
-void gemm_q4_0_q8_row(Q8Rows x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y) {
-  const int64_t nb = k / 32, rb = nb * 18;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w + n * rb;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float off = 0.f;
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-      const uint8_t* b0 = row + 18 * b;
-      const float dw0 = half(b0), dw1 = half(b0 + 18);
-      const __m256i p0 = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(q4_0_nibbles(b0), _mm256_loadu_si256((const __m256i*)(x.q + 32 * b))), ones);
-      const __m256i p1 = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(q4_0_nibbles(b0 + 18), _mm256_loadu_si256((const __m256i*)(x.q + 32 * b + 32))), ones);
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * x.dT[MAX_M * b]), _mm256_cvtepi32_ps(p0), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * x.dT[MAX_M * (b + 1)]), _mm256_cvtepi32_ps(p1), acc1);
-      off += dw0 * x.offT[MAX_M * b] + dw1 * x.offT[MAX_M * (b + 1)];
-    }
-    for (; b < nb; ++b) {
-      const uint8_t* b0 = row + 18 * b;
-      const float dw0 = half(b0);
-      const __m256i p0 = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(q4_0_nibbles(b0), _mm256_loadu_si256((const __m256i*)(x.q + 32 * b))), ones);
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * x.dT[MAX_M * b]), _mm256_cvtepi32_ps(p0), acc0);
-      off += dw0 * x.offT[MAX_M * b];
-    }
-    y[n] = hsum(_mm256_add_ps(acc0, acc1)) + off;
-  }
+inline __m256i bcast4(const int8_t* p) {  // 4 int8 values repeated in all 8 lanes
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
 }
 
-void gemm_q4_0_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
-  const int64_t nb = k / 32;
-  std::vector<int8_t> q(m * k);
-  std::vector<float> d(m * nb);
-  quantize_rows_q8(x, m, k, q.data(), d.data());
-  const int64_t tiles = (m + MAX_M - 1) / MAX_M;
-  std::vector<float> dT(tiles * nb * MAX_M, 0.f), offT(tiles * nb * MAX_M, 0.f);
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t b = 0; b < nb; ++b) {
-      int sum = 0;
-      for (int j = 0; j < 32; ++j) sum += q[r * k + 32 * b + j];
-      const int64_t at = (r / MAX_M * nb + b) * MAX_M + r % MAX_M;
-      dT[at] = d[r * nb + b];
-      offT[at] = -8.f * d[r * nb + b] * float(sum);
+// y[m, 8g .. 8g+7] for TM rows of x against weight group g (8 rows, lanes of one vector).
+template <int64_t T, int TM>
+inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int64_t m0, int64_t k, float* out8) {
+  const int64_t gb = packed_block_bytes(T);
+  const __m256i ones16 = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[TM];
+  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
+  const int8_t* xq = a.q.data() + m0 * k;
+  const float* xd = a.d.data() + m0 * nb;
+  const int32_t* xs = a.s.data() + m0 * nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = gw + b * gb;
+    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
+    if constexpr (T == Q8_0) {
+      const uint8_t* qv = blk + 16;
+      __m256i dot[TM];
+      for (int m = 0; m < TM; ++m) dot[m] = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(qv + 32 * c));
+        const __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes; the sign moves onto x
+        for (int m = 0; m < TM; ++m) {
+          const __m256i xv = _mm256_sign_epi8(bcast4(xq + m * k + 32 * b + 4 * c), w);
+          // |pair sums| <= 2 * 128 * 127 fit int16; widen to int32 before adding chunks
+          dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones16));
+        }
+      }
+      for (int m = 0; m < TM; ++m)
+        acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xd[m * nb + b])), _mm256_cvtepi32_ps(dot[m]), acc[m]);
+    } else {
+      const uint8_t* qv = blk + (T == Q4_1 ? 32 : 16);
+      __m256i dot16[TM];
+      for (int m = 0; m < TM; ++m) dot16[m] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qv + 32 * c));
+        const __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        for (int m = 0; m < TM; ++m) {
+          const int8_t* xb = xq + m * k + 32 * b + 8 * c;
+          // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, eight of them <= 30480: int16 holds the block
+          dot16[m] = _mm256_add_epi16(dot16[m], _mm256_maddubs_epi16(lo, bcast4(xb)));
+          dot16[m] = _mm256_add_epi16(dot16[m], _mm256_maddubs_epi16(hi, bcast4(xb + 4)));
+        }
+      }
+      __m256 mw;
+      if constexpr (T == Q4_1) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
+      for (int m = 0; m < TM; ++m) {
+        __m256i dot = _mm256_madd_epi16(dot16[m], ones16);
+        const float d = xd[m * nb + b];
+        if constexpr (T == Q4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * xs[m * nb + b]));  // values are q - 8
+        acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(d)), _mm256_cvtepi32_ps(dot), acc[m]);
+        if constexpr (T == Q4_1) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(d * float(xs[m * nb + b])), acc[m]);
+      }
     }
-  at::parallel_for(0, n, 32, [&](int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < m; m0 += MAX_M) {
-      const int64_t t = m0 / MAX_M;
-      Q8Rows xs{q.data() + m0 * k, dT.data() + t * nb * MAX_M, offT.data() + t * nb * MAX_M};
-      float* ym = y + m0 * n;
-      switch (std::min<int64_t>(MAX_M, m - m0)) {
-        case 1: gemm_q4_0_q8_row(xs, w, k, n0, n1, ym); break;
-        case 2: gemm_q4_0_q8_tile<2>(xs, w, k, n0, n1, ym, n); break;
-        case 3: gemm_q4_0_q8_tile<3>(xs, w, k, n0, n1, ym, n); break;
-        case 4: gemm_q4_0_q8_tile<4>(xs, w, k, n0, n1, ym, n); break;
-        case 5: gemm_q4_0_q8_tile<5>(xs, w, k, n0, n1, ym, n); break;
-        case 6: gemm_q4_0_q8_tile<6>(xs, w, k, n0, n1, ym, n); break;
-        case 7: gemm_q4_0_q8_tile<7>(xs, w, k, n0, n1, ym, n); break;
-        default: gemm_q4_0_q8_tile<8>(xs, w, k, n0, n1, ym, n); break;
+  }
+  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
+}
+
+constexpr int PACKED_TM = 4;  // x rows per pass over a weight group (16 vector registers)
+
+template <int64_t T>
+void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+  const int64_t nb = k / 32, gb = packed_block_bytes(T);
+  at::parallel_for(0, groups_of(n), 4, [&](int64_t g0, int64_t g1) {
+    alignas(32) float out8[8 * PACKED_TM];
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* gw = w + g * nb * gb;
+      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
+      for (int64_t m0 = 0; m0 < m; m0 += PACKED_TM) {
+        const int64_t tm = std::min<int64_t>(PACKED_TM, m - m0);
+        switch (tm) {
+          case 1: packed_group_tile<T, 1>(gw, nb, a, m0, k, out8); break;
+          case 2: packed_group_tile<T, 2>(gw, nb, a, m0, k, out8); break;
+          case 3: packed_group_tile<T, 3>(gw, nb, a, m0, k, out8); break;
+          default: packed_group_tile<T, 4>(gw, nb, a, m0, k, out8); break;
+        }
+        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
       }
     }
   });
@@ -312,59 +343,218 @@ void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
 
 }  // namespace
 
-// x: float32 [M, K] contiguous; w: the weight's GGML bytes (N rows of K values). Returns float32 [M, N].
-torch::Tensor gemm(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
+// x: float32 [M, K]; w: an F16 weight's bytes (N rows of K values). Returns float32 [M, N].
+torch::Tensor gemm_f16_rows(torch::Tensor x, torch::Tensor w, int64_t n) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be 2-D float32");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1);
-  check(w, type, n, k);
+  check(w, F16, n, k);
   auto y = torch::empty({m, n}, x.options());
-  if (type == Q4_0) {  // integer products on int8-quantized activations
-    gemm_q4_0_q8(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
-    return y;
-  }
-  torch::Tensor xsum;
-  if (type == Q4_1) xsum = x.view({m, k / 32, 32}).sum(-1).contiguous();
-  else xsum = torch::empty({0}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* sp = xsum.data_ptr<float>();
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  switch (type) {
-    case F16: gemm_type<F16>(xp, sp, wp, m, k, n, yp); break;
-    case Q4_0: gemm_type<Q4_0>(xp, sp, wp, m, k, n, yp); break;
-    case Q4_1: gemm_type<Q4_1>(xp, sp, wp, m, k, n, yp); break;
-    case Q8_0: gemm_type<Q8_0>(xp, sp, wp, m, k, n, yp); break;
-    default: TORCH_CHECK(false, "unsupported GGML type ", type);
-  }
+  gemm_f16(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
   return y;
 }
 
-// Rows [r0, r1) of the N x K weight decoded into `out` (float32 [r1 - r0, K], contiguous).
-void dequant(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
-  check(w, type, n, k);
+// Rows [r0, r1) of an N x K F16 weight decoded into `out` (float32 [r1 - r0, K], contiguous).
+void dequant_f16(torch::Tensor w, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
+  check(w, F16, n, k);
   TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "bad row range");
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.numel() >= (r1 - r0) * k, "bad output");
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  float* op = out.data_ptr<float>();
+  dequant_rows_f16(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
+}
+
+// The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed.
+torch::Tensor pack(std::vector<torch::Tensor> parts, int64_t type, int64_t k) {
+  TORCH_CHECK(k > 0 && k % 32 == 0, "row length must be a positive multiple of 32");
+  const int64_t rb = row_bytes(type, k);
+  std::vector<const uint8_t*> rows;
+  for (const auto& p : parts) {
+    TORCH_CHECK(p.dtype() == torch::kUInt8 && p.is_contiguous() && p.dim() == 1 && p.numel() % rb == 0,
+                "each part must be contiguous 1-D uint8 holding whole rows");
+    for (int64_t r = 0; r < p.numel() / rb; ++r) rows.push_back(p.data_ptr<uint8_t>() + r * rb);
+  }
+  const int64_t n = rows.size();
+  auto out = torch::zeros({groups_of(n) * (k / 32) * packed_block_bytes(type)}, torch::kUInt8);
   switch (type) {
-    case F16: dequant_rows<F16>(wp, k, r0, r1, op); break;
-    case Q4_0: dequant_rows<Q4_0>(wp, k, r0, r1, op); break;
-    case Q4_1: dequant_rows<Q4_1>(wp, k, r0, r1, op); break;
-    case Q8_0: dequant_rows<Q8_0>(wp, k, r0, r1, op); break;
-    default: TORCH_CHECK(false, "unsupported GGML type ", type);
+    case Q4_0: pack_rows<Q4_0>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q4_1: pack_rows<Q4_1>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q8_0: pack_rows<Q8_0>(rows, k, out.data_ptr<uint8_t>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
+  }
+  return out;
+}
+
+void check_packed(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
+  TORCH_CHECK(k > 0 && k % 32 == 0, "row length must be a positive multiple of 32");
+  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "packed weight must be contiguous 1-D uint8");
+  TORCH_CHECK(w.numel() == groups_of(n) * (k / 32) * packed_block_bytes(type), "packed weight has ", w.numel(),
+              " bytes, not the size of ", n, " rows of ", k);
+}
+
+// The GGML bytes of a packed weight (N rows of K values), exactly as they were before pack().
+torch::Tensor unpack(torch::Tensor w, int64_t type, int64_t n, int64_t k) {
+  check_packed(w, type, n, k);
+  auto out = torch::empty({n * row_bytes(type, k)}, torch::kUInt8);
+  switch (type) {
+    case Q4_0: unpack_rows<Q4_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q4_1: unpack_rows<Q4_1>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q8_0: unpack_rows<Q8_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
+  }
+  return out;
+}
+
+// x: float32 [M, K]; w: a packed weight of N rows; x_terms: 1 to 3 int8 terms per row of x
+// (see quantize_act). Returns float32 [M, N].
+torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be 2-D float32");
+  TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
+  x = x.contiguous();
+  const int64_t m = x.size(0), k = x.size(1);
+  check_packed(w, type, n, k);
+  auto y = torch::empty({m * x_terms, n}, x.options());
+  const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
+  switch (type) {
+    case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
+    case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
+    case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
+  }
+  if (x_terms == 1) return y;
+  return y.view({m, x_terms, n}).sum(1);
+}
+
+// ---- Small fused float32 ops of a decode step -----------------------------------------
+// Each replaces several torch ops whose dispatch costs (microseconds each, hundreds per
+// token) rival the matrix products of a small model. Row-parallel, same math as torch.
+
+// x [M, D] -> x / sqrt(mean(x^2) + eps) * w
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && w.dtype() == torch::kFloat32 && x.dim() == 2 && w.dim() == 1 &&
+              x.size(1) == w.size(0), "rms_norm: x float32 [M, D], w float32 [D]");
+  x = x.contiguous();
+  w = w.contiguous();
+  const int64_t m = x.size(0), d = x.size(1);
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, m, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * d;
+      float* yr = yp + r * d;
+      __m256 acc = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(xr + i), acc);
+      float ss = hsum(acc);
+      for (; i < d; ++i) ss += xr[i] * xr[i];
+      const float inv = 1.f / std::sqrt(ss / float(d) + float(eps));
+      const __m256 vinv = _mm256_set1_ps(inv);
+      for (i = 0; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv), _mm256_loadu_ps(wp + i)));
+      for (; i < d; ++i) yr[i] = xr[i] * inv * wp[i];
+    }
+  });
+  return y;
+}
+
+// gu [M, 2H] (gate | up side by side) -> silu(gate) * up, [M, H] (ATen's vectorized silu)
+torch::Tensor silu_mul(torch::Tensor gu) {
+  TORCH_CHECK(gu.dtype() == torch::kFloat32 && gu.dim() == 2 && gu.size(1) % 2 == 0, "silu_mul: float32 [M, 2H]");
+  const int64_t h = gu.size(1) / 2;
+  return at::silu(gu.narrow(1, 0, h)).mul_(gu.narrow(1, h, h));
+}
+
+// Rotate the interleaved pairs of x [D] by rot [D/2][2] (cos, sin), into out.
+inline void rotate_pairs(const float* x, const float* rot, int64_t d, float* out) {
+  for (int64_t i = 0; i < d / 2; ++i) {
+    const float c = rot[2 * i], s = rot[2 * i + 1], x0 = x[2 * i], x1 = x[2 * i + 1];
+    out[2 * i] = x0 * c - x1 * s;
+    out[2 * i + 1] = x0 * s + x1 * c;
   }
 }
 
+// A decode step's attention for one new token per sequence, in one call: rotate q [B, H, D]
+// and k [B, Hkv, D] by rot [B, D/2, 2] (cos, sin of each pair's angle), store k and v
+// [B, Hkv, D] in the layer's cache (k_cache, v_cache [R, Hkv, S, D]) at slot positions[b]
+// of row rows[b], then attend from q to slots 0 .. positions[b] of that row (softmax, scale
+// 1/sqrt(D)). Returns [B, H, D].
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rot,
+                               torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor rows,
+                               torch::Tensor positions) {
+  for (const auto* t : {&q, &k, &v, &rot, &k_cache, &v_cache})
+    TORCH_CHECK(t->dtype() == torch::kFloat32, "decode_attention: float32 tensors");
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k_cache.dim() == 4 &&
+              v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() && v_cache.is_contiguous(),
+              "decode_attention: q [B,H,D], k/v [B,Hkv,D], contiguous caches [R,Hkv,S,D]");
+  q = q.contiguous(); k = k.contiguous(); v = v.contiguous(); rot = rot.contiguous();
+  rows = rows.to(torch::kLong).contiguous();
+  positions = positions.to(torch::kLong).contiguous();
+  const int64_t b = q.size(0), h = q.size(1), d = q.size(2), hkv = k.size(1), s = k_cache.size(2);
+  TORCH_CHECK(d % 2 == 0 && k.size(0) == b && k.size(2) == d && k_cache.size(1) == hkv && k_cache.size(3) == d &&
+              h % hkv == 0 && rot.numel() == b * d && rows.numel() == b && positions.numel() == b,
+              "decode_attention: shapes do not match");
+  const int64_t *rp = rows.data_ptr<int64_t>(), *pp = positions.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i)
+    TORCH_CHECK(0 <= rp[i] && rp[i] < k_cache.size(0) && 0 <= pp[i] && pp[i] < s, "decode_attention: row or position out of range");
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *rtp = rot.data_ptr<float>();
+  float *kc = k_cache.data_ptr<float>(), *vc = v_cache.data_ptr<float>();
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t g = 0; g < hkv; ++g) {
+      const int64_t slot = ((rp[i] * hkv + g) * s + pp[i]) * d;
+      rotate_pairs(kp + (i * hkv + g) * d, rtp + i * d, d, kc + slot);
+      std::memcpy(vc + slot, vp + (i * hkv + g) * d, d * sizeof(float));
+    }
+  auto out = torch::empty_like(q);
+  float* op = out.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(float(d));
+  const int64_t group = h / hkv;
+  int64_t keys = 0;  // the work, in key vectors read: below ~16k (short contexts) waking a thread costs more than it saves
+  for (int64_t i = 0; i < b; ++i) keys += (pp[i] + 1) * h;
+  const int64_t grain = keys < (1 << 14) ? b * h : 1;
+  at::parallel_for(0, b * h, grain, [&](int64_t a, int64_t e) {
+    std::vector<float> p(s), qr(d);
+    for (int64_t bh = a; bh < e; ++bh) {
+      const int64_t bi = bh / h, head = bh % h, n = pp[bi] + 1;
+      rotate_pairs(qp + bh * d, rtp + bi * d, d, qr.data());
+      const float* kb = kc + ((rp[bi] * hkv + head / group) * s) * d;
+      const float* vb = vc + ((rp[bi] * hkv + head / group) * s) * d;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        __m256 acc = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr.data() + i), _mm256_loadu_ps(kb + j * d + i), acc);
+        float dot = hsum(acc);
+        for (; i < d; ++i) dot += qr[i] * kb[j * d + i];
+        p[j] = dot * scale;
+        mx = std::max(mx, p[j]);
+      }
+      float total = 0.f;
+      for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - mx));
+      float* o = op + bh * d;
+      std::fill(o, o + d, 0.f);
+      for (int64_t j = 0; j < n; ++j) {
+        const float pj = p[j] / total;
+        for (int64_t i = 0; i < d; ++i) o[i] += pj * vb[j * d + i];
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemm", &gemm, "x @ W^T with W in GGML blocks");
-  m.def("dequant", &dequant, "decode rows of W in GGML blocks to float32");
-  m.def("quantize_q8", [](torch::Tensor x) {  // for tests: the int8 blocks gemm uses for Q4_0
+  m.def("gemm_f16", &gemm_f16_rows, "x @ W^T with W in F16 (few rows of x)");
+  m.def("dequant_f16", &dequant_f16, "decode rows of an F16 weight to float32");
+  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved");
+  m.def("unpack", &unpack, "the GGML bytes of a packed weight");
+  m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks");
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves");
+  m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence");
+  m.def("quantize_q8", [](torch::Tensor x) {  // for tests: the int8 blocks gemm_packed multiplies
     TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % 32 == 0, "x must be float32 [M, K], K % 32 == 0");
     x = x.contiguous();
     auto q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
     auto d = torch::empty({x.size(0), x.size(1) / 32}, x.options());
     quantize_rows_q8(x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<int8_t>(), d.data_ptr<float>());
     return std::make_tuple(q, d);
-  }, "int8 blocks of 32 and their scales, as gemm quantizes x for Q4_0 weights");
+  }, "int8 blocks of 32 and their scales, as gemm_packed rounds x");
 }
