@@ -26,24 +26,26 @@ class KVCache:
         self.batch_size = batch_size
         self.max_seq_len = max_seq_len
 
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None, span: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ([B, T, Hkv, D]) at `positions` ([B, T]) of cache `rows`; return keys and values
-        for slots [0, span) of those rows as [B, Hkv, span, D]."""
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """Store k, v ([B, T, Hkv, D]) at `positions` ([B, T]) of cache `rows` (default 0..B-1)."""
         k_layer, v_layer = self.k[layer], self.v[layer]
-        if rows is None:  # the batch is cache rows 0..B-1: slice, no gather
-            b = k.shape[0]
-            if k.shape[1] == 1 and b == 1:
-                p = int(positions[0, 0])
-                k_layer[0, :, p] = k[0, 0]
-                v_layer[0, :, p] = v[0, 0]
-            else:
-                batch_index = torch.arange(b, device=k.device).unsqueeze(1).expand_as(positions)
-                k_layer[batch_index, :, positions] = k.to(k_layer.dtype)
-                v_layer[batch_index, :, positions] = v.to(v_layer.dtype)
-            return k_layer[:b, :, :span], v_layer[:b, :, :span]
+        if rows is None and k.shape[0] == 1 and k.shape[1] == 1:  # one token of one sequence: plain copies
+            p = int(positions[0, 0])
+            k_layer[0, :, p] = k[0, 0]
+            v_layer[0, :, p] = v[0, 0]
+            return
+        if rows is None:
+            rows = torch.arange(k.shape[0], device=k.device)
         batch_index = rows.unsqueeze(1).expand_as(positions)
         k_layer[batch_index, :, positions] = k.to(k_layer.dtype)
         v_layer[batch_index, :, positions] = v.to(v_layer.dtype)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None, span: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """store(), then the keys and values of slots [0, span) of those rows as [B, Hkv, span, D]."""
+        self.store(layer, k, v, positions, rows)
+        k_layer, v_layer = self.k[layer], self.v[layer]
+        if rows is None:  # the batch is cache rows 0..B-1: a slice, no gather
+            return k_layer[: k.shape[0], :, :span], v_layer[: k.shape[0], :, :span]
         return k_layer[rows, :, :span], v_layer[rows, :, :span]

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_ops
 from .cache import KVCache
 from .config import ModelConfig, RopeScaling
+from .fused_ops import apply_rotary_emb
 
 
 class RMSNorm(nn.Module):
@@ -27,9 +29,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return fused_ops.rms_norm(x, self.weight, self.eps)
 
 
 def rope_frequencies(config: ModelConfig, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,14 +59,6 @@ def _llama3_scaled(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(medium, blended, out)
 
 
-def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x ([B, T, H, D]) by angles given as cos/sin ([B, T, 1, D/2])."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -77,12 +69,23 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.wqkv: nn.Module | None = None  # see fuse()
+
+    def fuse(self, wqkv: nn.Module) -> None:
+        """Compute q, k and v with one layer whose output is theirs side by side (a loader's choice)."""
+        self.wqkv = wqkv
+        self.wq = self.wk = self.wv = None
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.wqkv is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        kv = self.n_kv_heads * self.head_dim
+        return self.wqkv(x).split((self.n_heads * self.head_dim, kv, kv), dim=-1)
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rotation: torch.Tensor,
         mask: torch.Tensor | None,
         layer: int,
         positions: torch.Tensor,
@@ -91,9 +94,14 @@ class Attention(nn.Module):
         span: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = apply_rotary_emb(self.wq(x).view(b, t, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary_emb(self.wk(x).view(b, t, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        q, k, v = self.project(x)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim)
+        if cache is not None and t == 1:  # decoding: each row's new token against its own cached slots
+            out = fused_ops.decode_attention(q, k, v, rotation, cache, layer, rows, positions)
+            return self.wo(out.reshape(b, 1, self.n_heads * self.head_dim))
+        q, k = apply_rotary_emb(q, rotation), apply_rotary_emb(k, rotation)
         if cache is not None:
             keys, values = cache.update(layer, k, v, positions, rows, span)
         else:
@@ -113,9 +121,17 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w13: nn.Module | None = None  # see fuse()
+
+    def fuse(self, w13: nn.Module) -> None:
+        """Compute w1 and w3 with one layer whose output is theirs side by side (a loader's choice)."""
+        self.w13 = w13
+        self.w1 = self.w3 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(fused_ops.silu_mul(self.w13(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -147,9 +163,10 @@ class Transformer(nn.Module):
         # float64 frequencies: angles for positions in the 100k range stay exact to float32.
         self.register_buffer("rope_freqs", rope_frequencies(config, freq_factors), persistent=False)
 
-    def rotary_angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotary_angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """The rotation of each pair of head dimensions at `positions` ([B, T]): complex [B, T, 1, D/2]."""
         angles = (positions.to(torch.float64).unsqueeze(-1) * self.rope_freqs.to(positions.device)).float()
-        return torch.cos(angles).unsqueeze(2), torch.sin(angles).unsqueeze(2)
+        return torch.polar(torch.ones_like(angles), angles).unsqueeze(2)
 
     def forward(
         self,
@@ -171,11 +188,12 @@ class Transformer(nn.Module):
         span = int(positions.max()) + 1
         if cache is not None and span > cache.max_seq_len:
             raise ValueError(f"position {span - 1} is beyond the cache length {cache.max_seq_len}")
-        mask = self._attention_mask(positions, span if cache is not None else t)
-        cos, sin = self.rotary_angles(positions)
+        # decoding with a cache (t == 1) needs no mask: each row sees its own slots up to its position
+        mask = None if cache is not None and t == 1 else self._attention_mask(positions, span if cache is not None else t)
+        rotation = self.rotary_angles(positions)
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, i, positions, cache, rows, span)
+            h = layer(h, rotation, mask, i, positions, cache, rows, span)
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)

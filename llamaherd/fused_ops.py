@@ -1,0 +1,75 @@
+"""The model's small per-token ops as one native call each (CPU, float32), else torch.
+
+On a CPU a decode step of a small model spends as long dispatching torch's small ops
+(several microseconds each, about twenty a layer) as in its matrix products; the native
+extension (quant/kernels.py) does each of these in one call. Everywhere else (CUDA, other
+dtypes, no compiler) the torch expressions below run; they are the reference the native
+ops are tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .cache import KVCache
+from .quant.kernels import native
+
+
+def _native_for(*tensors: torch.Tensor):
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return native()
+    return None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, computed in float32."""
+    ext = _native_for(x, weight)
+    if ext is not None:
+        return ext.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate and up side by side in the last dimension ([..., 2H] -> [..., H])."""
+    ext = _native_for(gate_up)
+    if ext is not None:
+        return ext.silu_mul(gate_up.reshape(-1, gate_up.shape[-1])).view(*gate_up.shape[:-1], -1)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotation: torch.Tensor, cache: KVCache,
+                     layer: int, rows: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """A decode step's attention: one new token per sequence.
+
+    Rotates q ([B, 1, H, D]) and k ([B, 1, Hkv, D]) by `rotation` (complex [B, 1, 1, D/2]),
+    stores k and v in `cache` at `positions` ([B, 1]) of cache `rows` (default 0..B-1), and
+    attends from each q to its own row's slots up to its position. Returns [B, 1, H, D]."""
+    b, _, h, d = q.shape
+    ext = _native_for(q, k, v, cache.k)
+    if ext is not None:
+        rows = rows if rows is not None else torch.arange(b)
+        rot = torch.view_as_real(rotation).reshape(b, d)
+        out = ext.decode_attention(q.view(b, h, d), k.view(b, -1, d), v.view(b, -1, d), rot,
+                                   cache.k[layer], cache.v[layer], rows, positions.view(b))
+        return out.view(b, 1, h, d)
+    q, k = apply_rotary_emb(q, rotation), apply_rotary_emb(k, rotation)
+    span = int(positions.max()) + 1
+    keys, values = cache.update(layer, k, v, positions, rows, span)
+    visible = torch.arange(span, device=q.device) <= positions  # [B, span]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=visible[:, None, None, :],
+        enable_gqa=keys.shape[1] != h,
+    )
+    return out.transpose(1, 2)
+
+
+def apply_rotary_emb(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x ([B, T, H, D]) by unit complex numbers ([B, T, 1, D/2]).
+
+    A pair (x0, x1) is the complex number x0 + i*x1, so the rotation is one complex
+    multiply: a single kernel where separate cos/sin arithmetic takes about ten."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
