@@ -63,7 +63,7 @@ def worker_llamaherd(task: str, model: str, args) -> dict:
     import llamaherd
     from llamaherd.eval.bench import decode_rate, prefill_rate
 
-    llm = llamaherd.load(model, quantize=args.quantize)
+    llm = llamaherd.load(model, quantize=args.quantize, int8_activations=args.int8_activations)
     m = llm.model
     out = {"load_s": time.perf_counter() - t0}
     if task == "load":  # time to first token: import + load + short prompt + first token
@@ -198,6 +198,8 @@ def run_worker(engine: str, task: str, model: Path, args, **extra) -> dict | Non
     for key in ("batch", "quantize", "hf_dtype"):
         if extra.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(extra[key])]
+    if extra.get("int8_activations"):
+        cmd.append("--int8-activations")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if engine == "llamaherd":  # sleeping (not spinning) OpenMP waits: measured 2.3x faster decode on a busy machine
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -257,6 +259,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quantize", default=None)
     ap.add_argument("--hf-dtype", default="fp32")
+    ap.add_argument("--int8-activations", action="store_true", help="(worker) llama.cpp's activation rounding")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--only", nargs="*", default=["decode", "prefill", "batch", "load", "hf"])
@@ -299,22 +302,27 @@ def main() -> None:
                   flush=True)
 
     if "prefill" in args.only:
-        print(f"\n## prefill, {args.prefill_tokens}-token prompt (tokens/s)")
-        print(f"{'model':16s} {'llamaherd':>10s} {'llama.cpp':>10s} {'ratio':>6s}")
+        print(f"\n## prefill, {args.prefill_tokens}-token prompt (tokens/s); 'int8-x': llamaherd with --int8-activations "
+              "(llama.cpp's activation rounding)")
+        print(f"{'model':16s} {'llamaherd':>10s} {'int8-x':>8s} {'llama.cpp':>10s} {'ratio':>6s} {'int8-x ratio':>12s}")
         for label, path in models.items():
             if not path.exists():
                 continue
             lh, cpp = interleaved_best_rates(engines, "prefill", path, args, args.prefill_tokens)
-            print(f"{label:16s} {fmt(lh):>10s} {fmt(cpp):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s}", flush=True)
+            lh8 = best([run_worker("llamaherd", "prefill", path, args, tokens=args.prefill_tokens, int8_activations=True)
+                        for _ in range(args.rounds)], "tps")
+            print(f"{label:16s} {fmt(lh):>10s} {fmt(lh8):>8s} {fmt(cpp):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s} "
+                  f"{fmt(lh8 / cpp if lh8 and cpp else None, '.2f'):>12s}", flush=True)
 
     if "batch" in args.only and random_model("Q4_0").exists():
         print("\n## batched decode, rand-1.1B Q4_0, rows of different lengths stepped together (aggregate tokens/s)")
-        rates = {}
-        for b in (1, 2, 4, 8):
-            rates[b] = best([run_worker("llamaherd", "decode", random_model("Q4_0"), args, tokens=64, batch=b)
-                             for _ in range(args.rounds)], "tps")
-            print(f"batch {b}: {fmt(rates[b], '.2f')} tokens/s ({fmt(rates[b] / rates[1] if rates[b] and rates[1] else None, '.2f')}x batch 1)",
-                  flush=True)
+        for int8_x in (False, True):
+            rates = {}
+            for b in (1, 2, 4, 8):
+                rates[b] = best([run_worker("llamaherd", "decode", random_model("Q4_0"), args, tokens=64, batch=b,
+                                            int8_activations=int8_x) for _ in range(args.rounds)], "tps")
+                print(f"{'int8-x ' if int8_x else ''}batch {b}: {fmt(rates[b], '.2f')} tokens/s "
+                      f"({fmt(rates[b] / rates[1] if rates[b] and rates[1] else None, '.2f')}x batch 1)", flush=True)
 
     if "load" in args.only and random_model("Q4_0").exists():
         path = random_model("Q4_0")
