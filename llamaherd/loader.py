@@ -63,17 +63,15 @@ def build_model(
                 continue
             raw = checkpoint.file.raw(info.name)
             n, k = info.shape
-            if isinstance(module, nn.Linear):
-                linear = GGUFLinear(raw, info.ggml_type, n, k)
-                linear.int8_activations = int8_activations
+            if isinstance(module, nn.Linear):  # packed (and fused) below, once all are known
+                linear = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
+                linear.int8_activations, linear.tensor_name = int8_activations, info.name
                 model.set_submodule(module_name, linear)
-                if linear.packed is not None:
-                    checkpoint.file.release(info.name)
                 continue
             model.set_submodule(module_name, GGUFEmbedding(raw, info.ggml_type, n, k))
-            if name == "tok_embeddings.weight" and config.tie_embeddings:
-                model.output = GGUFLinear(raw, info.ggml_type, n, k)  # a packed copy, or the same bytes
-                model.output.int8_activations = int8_activations
+            if name == "tok_embeddings.weight" and config.tie_embeddings:  # a packed copy, or the same bytes
+                model.output = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
+                model.output.int8_activations, model.output.tensor_name = int8_activations, info.name
             continue
         tensor = read(name)
         _check_shape(checkpoint, name, tensor.shape, param.shape)
@@ -89,20 +87,31 @@ def build_model(
         raise FormatError(f"{checkpoint.path}: tensors not loaded: {', '.join(leftover[:5])}")
     model.rope_freqs = rope_frequencies(config, checkpoint.freq_factors).to(device)
     if keep_blocks:
-        _fuse_projections(model)
+        _pack_gguf_linears(model, checkpoint.file)
     return model.eval()
 
 
-def _fuse_projections(model: Transformer) -> None:
-    """q/k/v and w1/w3 of each layer as one product where their encodings allow (GGUFLinear.concat)."""
-    for layer in model.layers:
-        attn, ffn = layer.attention, layer.feed_forward
-        wqkv = GGUFLinear.concat([attn.wq, attn.wk, attn.wv])
-        if wqkv is not None:
+def _pack_gguf_linears(model: Transformer, file) -> None:
+    """Repack GGUF weights for the integer kernels (GGUFLinear.pack), q/k/v and w1/w3 of a
+    layer into one product where their encodings allow (GGUFLinear.concat), then let go of
+    the file's pages that were copied, one layer at a time, so the weights are held once."""
+    def packed(layers: list[GGUFLinear]) -> None:
+        for layer in layers:
+            file.release(layer.tensor_name)
+
+    for block in model.layers:
+        attn, ffn = block.attention, block.feed_forward
+        parts = [attn.wq, attn.wk, attn.wv]
+        if (wqkv := GGUFLinear.concat(parts)) is not None:
             attn.fuse(wqkv)
-        w13 = GGUFLinear.concat([ffn.w1, ffn.w3])
-        if w13 is not None:
+            packed(parts)
+        parts = [ffn.w1, ffn.w3]
+        if (w13 := GGUFLinear.concat(parts)) is not None:
             ffn.fuse(w13)
+            packed(parts)
+    for module in model.modules():
+        if isinstance(module, GGUFLinear) and module.pack():
+            packed([module])
 
 
 def _check_shape(checkpoint, name: str, shape, expected) -> None:

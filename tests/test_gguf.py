@@ -73,6 +73,8 @@ def bad_file(request, tmp_path) -> Path:
 
 
 def test_api_raises_format_error_naming_the_file(bad_file):
+    import llamaherd.api  # noqa: F401  (modules load once per process: not the parser's allocation)
+
     tracemalloc.start()
     try:
         with pytest.raises(llamaherd.FormatError) as info:

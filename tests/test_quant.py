@@ -58,6 +58,10 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
         assert (err <= blocks.abs().amax(-1) * 2**-22).all()
         assert (layer(x).double() - expected).abs().max().item() < 1e-5 * expected.abs().max().item()
         assert torch.equal(layer.ggml_bytes(), raw)  # the packed layout loses nothing
+        # prefill's path: packed rows decoded to float32 for BLAS, exactly as GGML defines them
+        run = torch.empty(n, k)
+        native().dequant_packed(layer.packed, int(TYPES[name]), n, k, 0, n, run)
+        assert torch.equal(run, w_float.float())
     else:
         assert (layer(x).double() - expected).abs().max().item() < tol
     assert (layer._blas(x, None).double() - expected).abs().max().item() < tol  # torch fallback
@@ -78,17 +82,17 @@ def test_concat_equals_separate_layers(name):
     (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""
     k = 256
     rng = np.random.default_rng(3)
-    layers = [GGUFLinear(gguf_bytes(rng.standard_normal((n, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), n, k)
-              for n in (64, 16, 16)]
-    fused = GGUFLinear.concat(layers)
+    raws = [gguf_bytes(rng.standard_normal((n, k), dtype=np.float32), TYPES[name]) for n in (64, 16, 16)]
+    layers = [GGUFLinear(raw, int(TYPES[name]), n, k) for raw, n in zip(raws, (64, 16, 16))]
+    fused = GGUFLinear.concat([GGUFLinear(raw, int(TYPES[name]), n, k, pack=False) for raw, n in zip(raws, (64, 16, 16))])
     if layers[0].packed is None:  # F16 (or no native kernels): not fusable, kept apart
         assert fused is None
         return
     x = torch.randn(3, k)
     assert torch.equal(fused(x), torch.cat([l(x) for l in layers], dim=-1))
     # rows not a multiple of 8 would leave padding inside the fused layout: refused
-    odd = GGUFLinear(gguf_bytes(rng.standard_normal((12, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), 12, k)
-    assert GGUFLinear.concat([layers[0], odd]) is None
+    odd = GGUFLinear(gguf_bytes(rng.standard_normal((12, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), 12, k, pack=False)
+    assert GGUFLinear.concat([GGUFLinear(raws[0], int(TYPES[name]), 64, k, pack=False), odd]) is None
 
 
 def int8_terms(x: torch.Tensor, terms: int) -> torch.Tensor:

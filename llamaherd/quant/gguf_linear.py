@@ -10,8 +10,9 @@ Nothing is decoded to float32 at load time. Products are computed
       - by default three terms: x kept to ~2^-22 of its block's largest value, float32's
         own precision, so answers stay those of the float model (SmolLM2: same greedy
         text, logits within 1e-3 of transformers, sampled tokens independent of batching).
-        Decoding costs the same as with one term (measured: the weights' memory traffic
-        dominates); prefill and batches do three times the integer arithmetic;
+        Decoding (up to DECODE_ROWS rows) costs about what one term does (measured: the
+        weights' memory traffic dominates); for more rows (prefill) three terms cost more
+        than decoding runs of packed rows to float32 for BLAS, which is done instead;
       - with int8_activations (load(..., int8_activations=True)) one term, as llama.cpp does:
         a third of the arithmetic, but |error| <= half a step (1/254 of the block's largest
         value) moves logits by ~1 on SmolLM2.
@@ -36,7 +37,7 @@ from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
 PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0})  # repacked, integer kernels
-DECODE_ROWS = 8  # F16: up to this many input rows go through the row kernel; more through BLAS
+DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 
 _scratch: dict[torch.device, torch.Tensor] = {}
@@ -63,29 +64,38 @@ class GGUFLinear(nn.Module):
 
     int8_activations = False
 
-    def __init__(self, raw: torch.Tensor, ggml_type: int, out_features: int, in_features: int) -> None:
+    def __init__(self, raw: torch.Tensor, ggml_type: int, out_features: int, in_features: int, pack: bool = True) -> None:
         super().__init__()
         if raw.numel() != out_features * row_bytes(ggml_type, in_features):
             raise ValueError(f"{raw.numel()} bytes do not hold a {GGMLType(ggml_type).name} [{out_features}, {in_features}] weight")
         self.ggml_type = int(ggml_type)
         self.out_features = out_features
         self.in_features = in_features
-        ext = native() if raw.device.type == "cpu" else None
-        if ext is not None and self.ggml_type in PACKED_TYPES:
-            self.register_buffer("packed", ext.pack([raw], self.ggml_type, in_features), persistent=False)
-            self.raw = None
-        else:
-            self.register_buffer("raw", raw, persistent=False)
-            self.packed = None
+        self.register_buffer("raw", raw, persistent=False)
+        self.packed = None
+        if pack:
+            self.pack()
+
+    def packable(self) -> bool:
+        return self.packed is None and self.ggml_type in PACKED_TYPES and self.raw.device.type == "cpu" and native() is not None
+
+    def pack(self) -> bool:
+        """Repack the weight for the integer kernels where they apply; True when it was."""
+        if not self.packable():
+            return False
+        self.packed = native().pack([self.raw], self.ggml_type, self.in_features)
+        self.raw = None
+        return True
 
     @classmethod
     def concat(cls, layers: list["GGUFLinear"]) -> "GGUFLinear | None":
-        """One layer computing all of `layers` side by side (their outputs concatenated), or
-        None when they can't share one product: it saves a kernel call, and rounding x,
-        for each extra weight. Packed groups of 8 rows concatenate as they are."""
+        """One packed layer computing all of `layers` (not yet packed) side by side, their
+        outputs concatenated, or None when they can't share one product. It saves a kernel
+        call, and rounding x, for each extra weight. The rows are packed straight from
+        each layer's bytes into one buffer (groups of 8 rows: each n a multiple of 8)."""
         first = layers[0]
         if not all(
-            isinstance(l, GGUFLinear) and l.packed is not None and l.ggml_type == first.ggml_type
+            isinstance(l, GGUFLinear) and l.packable() and l.ggml_type == first.ggml_type
             and l.in_features == first.in_features and l.out_features % 8 == 0
             for l in layers
         ):
@@ -94,7 +104,8 @@ class GGUFLinear(nn.Module):
         nn.Module.__init__(fused)
         fused.ggml_type, fused.in_features = first.ggml_type, first.in_features
         fused.out_features = sum(l.out_features for l in layers)
-        fused.register_buffer("packed", torch.cat([l.packed for l in layers]), persistent=False)
+        fused.register_buffer("packed", native().pack([l.raw for l in layers], first.ggml_type, first.in_features),
+                              persistent=False)
         fused.raw = None
         fused.int8_activations = first.int8_activations
         return fused
@@ -104,9 +115,10 @@ class GGUFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        if self.packed is not None:
-            terms = 1 if self.int8_activations else 3
-            y = native().gemm_packed(flat, self.packed, self.ggml_type, self.out_features, terms)
+        if self.packed is not None and (self.int8_activations or flat.shape[0] <= DECODE_ROWS):
+            y = native().gemm_packed(flat, self.packed, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
+        elif self.packed is not None:  # float-accurate prefill: BLAS on decoded runs beats three int8 terms
+            y = self._blas(flat, native())
         else:
             ext = native() if self.raw.device.type == "cpu" else None
             if ext is not None and self.ggml_type == GGMLType.F16 and flat.shape[0] <= DECODE_ROWS:
@@ -123,13 +135,17 @@ class GGUFLinear(nn.Module):
 
     def _blas(self, flat: torch.Tensor, ext) -> torch.Tensor:
         n, k = self.out_features, self.in_features
-        raw = self.ggml_bytes()
+        packed = self.packed is not None and ext is not None
+        raw = None if packed else self.ggml_bytes()
         y = torch.empty(flat.shape[0], n, dtype=torch.float32, device=flat.device)
         run = max(1, min(n, SCRATCH_BYTES // (4 * k)))
         rb = row_bytes(self.ggml_type, k)
         for r0 in range(0, n, run):
             r1 = min(n, r0 + run)
-            if ext is not None and self.ggml_type == GGMLType.F16:
+            if packed:
+                w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
+                ext.dequant_packed(self.packed, self.ggml_type, n, k, r0, r1, w)
+            elif ext is not None and self.ggml_type == GGMLType.F16:
                 w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
                 ext.dequant_f16(raw, n, k, r0, r1, w)
             else:

@@ -57,6 +57,7 @@ constexpr int MAX_M = 8;  // rows of x handled together in one pass over the wei
 // A single core's hardware prefetch leaves DRAM bandwidth unused when it streams weights:
 // the kernels ask for bytes this far ahead (measured best of 512..3072 on a 2-core EPYC).
 constexpr int64_t PREFETCH_BYTES = 2048;
+constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
 
 // y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16.
 template <int M>
@@ -165,10 +166,19 @@ inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
     const uint8_t* qs = src + (T == Q4_1 ? 4 : 2);
     uint8_t* out = dst + (T == Q4_1 ? 32 : 16);
     if constexpr (T == Q4_1) std::memcpy(dst + 16 + 2 * r, src + 2, 2);  // m
-    uint8_t v[32];
-    for (int j = 0; j < 16; ++j) { v[j] = qs[j] & 0x0F; v[j + 16] = qs[j] >> 4; }
-    for (int c = 0; c < 4; ++c)
-      for (int i = 0; i < 4; ++i) out[32 * c + 4 * r + i] = uint8_t(v[8 * c + i] | (v[8 * c + 4 + i] << 4));
+    // values 0..15 are the low nibbles, 16..31 the high ones; chunk c takes values 8c..8c+3
+    // (low nibble) and 8c+4..8c+7 (high nibble): two byte shuffles and an OR make all four
+    const __m128i raw = _mm_loadu_si128((const __m128i*)qs), mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    const __m128i firsts = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i seconds = _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i c01 = _mm_or_si128(_mm_shuffle_epi8(lo, firsts), _mm_slli_epi16(_mm_shuffle_epi8(lo, seconds), 4));
+    const __m128i c23 = _mm_or_si128(_mm_shuffle_epi8(hi, firsts), _mm_slli_epi16(_mm_shuffle_epi8(hi, seconds), 4));
+    const uint64_t a = uint64_t(_mm_cvtsi128_si64(c01)), b = uint64_t(_mm_cvtsi128_si64(c23));
+    std::memcpy(out + 4 * r, &a, 4);
+    std::memcpy(out + 32 + 4 * r, (const uint8_t*)&a + 4, 4);
+    std::memcpy(out + 64 + 4 * r, &b, 4);
+    std::memcpy(out + 96 + 4 * r, (const uint8_t*)&b + 4, 4);
   }
 }
 
@@ -211,6 +221,36 @@ void unpack_rows(const uint8_t* packed, int64_t n, int64_t k, uint8_t* out) {
       unpack_block<T>(packed + (row / 8 * nb + b) * gb, int(row % 8), out + row * row_bytes(T, k) + b * bb);
 }
 
+
+// Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill).
+template <int64_t T>
+void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r1, float* out) {
+  const int64_t nb = k / 32, gb = packed_block_bytes(T);
+  at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t e) {
+    for (int64_t row = a; row < e; ++row) {
+      const int r = int(row % 8);
+      float* o = out + (row - r0) * k;
+      for (int64_t b = 0; b < nb; ++b, o += 32) {
+        const uint8_t* blk = packed + (row / 8 * nb + b) * gb;
+        const float d = half(blk + 2 * r);
+        if constexpr (T == Q8_0) {
+          for (int c = 0; c < 8; ++c)
+            for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
+        } else {
+          // as GGML defines them: Q4_0 d * (q - 8), Q4_1 d * q + m
+          const float m = T == Q4_1 ? half(blk + 16 + 2 * r) : 0.f;
+          const int off = T == Q4_1 ? 0 : 8;
+          const uint8_t* q = blk + (T == Q4_1 ? 32 : 16) + 4 * r;
+          for (int c = 0; c < 4; ++c)
+            for (int i = 0; i < 4; ++i) {
+              o[8 * c + i] = d * float((q[32 * c + i] & 0x0F) - off) + m;
+              o[8 * c + 4 + i] = d * float((q[32 * c + i] >> 4) - off) + m;
+            }
+        }
+      }
+    }
+  });
+}
 // x rounded to int8 blocks: q [m, k], scale d [m, k/32] and block sums s [m, k/32].
 struct Q8Act {
   std::vector<int8_t> q;
@@ -313,23 +353,30 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int
 
 constexpr int PACKED_TM = 4;  // x rows per pass over a weight group (16 vector registers)
 
+// y [rows / terms, n] (zeroed) += the products of the `rows` term rows of `a` (see quantize_act):
+// row r adds into y[r / terms]. Threads split the weight groups, so they write apart.
 template <int64_t T>
-void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T);
-  at::parallel_for(0, groups_of(n), 4, [&](int64_t g0, int64_t g1) {
+  // Small products run on one thread: waking another costs tens of microseconds.
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nb * gb * std::max<int64_t>(1, rows / 4)));
+  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
     alignas(32) float out8[8 * PACKED_TM];
     for (int64_t g = g0; g < g1; ++g) {
       const uint8_t* gw = w + g * nb * gb;
       const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < m; m0 += PACKED_TM) {
-        const int64_t tm = std::min<int64_t>(PACKED_TM, m - m0);
+      for (int64_t m0 = 0; m0 < rows; m0 += PACKED_TM) {
+        const int64_t tm = std::min<int64_t>(PACKED_TM, rows - m0);
         switch (tm) {
           case 1: packed_group_tile<T, 1>(gw, nb, a, m0, k, out8); break;
           case 2: packed_group_tile<T, 2>(gw, nb, a, m0, k, out8); break;
           case 3: packed_group_tile<T, 3>(gw, nb, a, m0, k, out8); break;
           default: packed_group_tile<T, 4>(gw, nb, a, m0, k, out8); break;
         }
-        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
+        for (int64_t i = 0; i < tm; ++i) {
+          float* yr = y + (m0 + i) / terms * n + 8 * g;
+          for (int64_t c = 0; c < cols; ++c) yr[c] += out8[8 * i + c];
+        }
       }
     }
   });
@@ -373,7 +420,9 @@ torch::Tensor pack(std::vector<torch::Tensor> parts, int64_t type, int64_t k) {
     for (int64_t r = 0; r < p.numel() / rb; ++r) rows.push_back(p.data_ptr<uint8_t>() + r * rb);
   }
   const int64_t n = rows.size();
-  auto out = torch::zeros({groups_of(n) * (k / 32) * packed_block_bytes(type)}, torch::kUInt8);
+  const int64_t group_bytes = (k / 32) * packed_block_bytes(type);
+  auto out = torch::empty({groups_of(n) * group_bytes}, torch::kUInt8);
+  if (n % 8) std::memset(out.data_ptr<uint8_t>() + (groups_of(n) - 1) * group_bytes, 0, group_bytes);  // padding rows
   switch (type) {
     case Q4_0: pack_rows<Q4_0>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q4_1: pack_rows<Q4_1>(rows, k, out.data_ptr<uint8_t>()); break;
@@ -403,6 +452,19 @@ torch::Tensor unpack(torch::Tensor w, int64_t type, int64_t n, int64_t k) {
   return out;
 }
 
+// Rows [r0, r1) of a packed N x K weight decoded into `out` (float32 [r1 - r0, K], contiguous).
+void dequant_packed(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
+  check_packed(w, type, n, k);
+  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "bad row range");
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.numel() >= (r1 - r0) * k, "bad output");
+  switch (type) {
+    case Q4_0: dequant_packed_rows<Q4_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q4_1: dequant_packed_rows<Q4_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q8_0: dequant_packed_rows<Q8_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
+  }
+}
+
 // x: float32 [M, K]; w: a packed weight of N rows; x_terms: 1 to 3 int8 terms per row of x
 // (see quantize_act). Returns float32 [M, N].
 torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
@@ -411,16 +473,16 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1);
   check_packed(w, type, n, k);
-  auto y = torch::empty({m * x_terms, n}, x.options());
+  auto y = torch::zeros({m, n}, x.options());
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
+  const int64_t rows = m * x_terms;
   switch (type) {
-    case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
-    case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
-    case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), m * x_terms, k, n, y.data_ptr<float>()); break;
+    case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
-  if (x_terms == 1) return y;
-  return y.view({m, x_terms, n}).sum(1);
+  return y;
 }
 
 // ---- Small fused float32 ops of a decode step -----------------------------------------
@@ -545,6 +607,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_f16", &dequant_f16, "decode rows of an F16 weight to float32");
   m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved");
   m.def("unpack", &unpack, "the GGML bytes of a packed weight");
+  m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32");
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves");
