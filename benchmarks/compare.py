@@ -4,6 +4,10 @@
     pip install llama-cpp-python                # the llama.cpp peer (its own setup step)
     python benchmarks/compare.py [--threads 2] [--rounds 2] [--only decode prefill batch load ppl hf]
 
+llamaherd runs with its defaults (float-accurate activations); prefill and batch tables
+add an "int8-x" column: --int8-activations, which rounds activations to int8 once before
+each quantized product, as llama.cpp does.
+
 Every measurement runs in a fresh subprocess (one engine, one model, one task) and
 prints JSON; engines alternate within each round and the best of the rounds is kept,
 so a busy machine hurts all engines alike. The machine's read bandwidth is measured in
@@ -43,9 +47,10 @@ def random_model(qtype: str) -> Path:
 
 
 def peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not getrusage: maxrss survives exec, so it would report the driver's peak (its 1 GiB
+    # bandwidth buffer). Read here, not through llamaherd: the llama.cpp worker must not load torch.
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
 
 
 def random_ids(n: int, vocab: int, seed: int = 0) -> list[int]:

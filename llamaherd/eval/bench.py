@@ -27,6 +27,15 @@ class BenchResult:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux: VmHWM, because getrusage's maxrss survives
+    exec and so reports a parent's peak when that was larger (a benchmark driver's, say)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 
