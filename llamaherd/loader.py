@@ -51,6 +51,7 @@ def build_model(
     # GGUF blocks stay in the memory map on CPU; other devices get float weights (same model code)
     keep_blocks = quantize is None and hasattr(checkpoint, "tensor_info") and dtype == torch.float32 and device.type == "cpu"
     state: dict[str, torch.Tensor] = {}
+    file_tensors: dict[GGUFLinear, str] = {}  # GGUF-backed layers and the file tensor each reads
     # The stored dtype where the reader offers it: no float32 detour, and a tensor already in
     # the wanted dtype stays a view of the memory-mapped file instead of becoming a copy.
     read = getattr(checkpoint, "load_raw", checkpoint.load)
@@ -69,13 +70,15 @@ def build_model(
             n, k = info.shape
             if isinstance(module, nn.Linear):  # packed (and fused) below, once all are known
                 linear = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
-                linear.int8_activations, linear.tensor_name = int8_activations, info.name
+                linear.int8_activations = int8_activations
+                file_tensors[linear] = info.name
                 model.set_submodule(module_name, linear)
                 continue
             model.set_submodule(module_name, GGUFEmbedding(raw, info.ggml_type, n, k))
             if name == "tok_embeddings.weight" and config.tie_embeddings:  # a packed copy, or the same bytes
                 model.output = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
-                model.output.int8_activations, model.output.tensor_name = int8_activations, info.name
+                model.output.int8_activations = int8_activations
+                file_tensors[model.output] = info.name
             continue
         tensor = read(name)
         _check_shape(checkpoint, name, tensor.shape, param.shape)
@@ -92,17 +95,17 @@ def build_model(
         raise FormatError(f"{checkpoint.path}: tensors not loaded: {', '.join(leftover[:5])}")
     model.rope_freqs = rope_frequencies(config, checkpoint.freq_factors).to(device)
     if keep_blocks:
-        _pack_gguf_linears(model, checkpoint.file)
+        _pack_gguf_linears(model, checkpoint.file, file_tensors)
     return model.eval()
 
 
-def _pack_gguf_linears(model: Transformer, file) -> None:
+def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, str]) -> None:
     """Repack GGUF weights for the integer kernels (GGUFLinear.pack), q/k/v and w1/w3 of a
     layer into one product where their encodings allow (GGUFLinear.concat), then let go of
     the file's pages that were copied, one layer at a time, so the weights are held once."""
     def packed(layers: list[GGUFLinear]) -> None:
         for layer in layers:
-            file.release(layer.tensor_name)
+            file.release(file_tensors[layer])
 
     for block in model.layers:
         attn, ffn = block.attention, block.feed_forward
