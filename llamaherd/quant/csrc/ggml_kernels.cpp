@@ -534,6 +534,123 @@ inline void rotate_pairs(const float* x, const float* rot, int64_t d, float* out
   }
 }
 
+// e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two constants so r stays
+// exact), e^r by a degree-6 polynomial (Cephes' expf coefficients), 2^n put in the exponent
+// bits. Relative error about 1e-7 over [-87, 88]; below that the result flushes to 0.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// The four sums of the lanes of a, b, c, d.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float s = hsum(acc);
+  for (; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
+constexpr int64_t KEY_BLOCK = 32;  // keys (and values) per pass of a group's query heads: a few KiB, in L1
+
+// out[0 .. 8 NV) += sum over keys j in [j0, j1) of p[j] * values[j, 0 .. 8 NV) (rows d apart),
+// the sums held in NV registers over the whole block.
+template <int NV>
+inline void weighted_values(const float* p, const float* values, int64_t d, int64_t j0, int64_t j1, float* out) {
+  __m256 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm256_loadu_ps(out + 8 * v);
+  for (int64_t j = j0; j < j1; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(values + j * d + 8 * v), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + 8 * v, acc[v]);
+}
+
+// Attention of the G query heads q [G, d] (rotated, scaled) that share one key/value head
+// (keys, values [n, d]) into out [G, d]; p [G, n] is scratch. Each block of keys is read
+// once for all G heads, so grouped-query attention reads the cache once per KV head.
+void attend_group(const float* q, int64_t g_heads, const float* keys, const float* values, int64_t n, int64_t d,
+                  float* p, float* out) {
+  const int64_t d8 = d / 8 * 8;
+  for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {  // scores
+    const int64_t j1 = std::min(n, j0 + KEY_BLOCK);
+    for (int64_t g = 0; g < g_heads; ++g) {
+      const float* qg = q + g * d;
+      float* pg = p + g * n;
+      int64_t j = j0;
+      for (; j + 4 <= j1; j += 4) {
+        const float* k0 = keys + j * d;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < d8; i += 8) {
+          const __m256 qv = _mm256_loadu_ps(qg + i);
+          a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+          a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d + i), a1);
+          a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * d + i), a2);
+          a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * d + i), a3);
+        }
+        _mm_storeu_ps(pg + j, hsum4(a0, a1, a2, a3));
+        for (int64_t i = d8; i < d; ++i)
+          for (int t = 0; t < 4; ++t) pg[j + t] += qg[i] * k0[t * d + i];
+      }
+      for (; j < j1; ++j) pg[j] = dot(qg, keys + j * d, d);
+    }
+  }
+  std::vector<float> inv_total(g_heads);
+  for (int64_t g = 0; g < g_heads; ++g) {  // softmax, normalised at the end
+    float* pg = p + g * n;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, pg[j]);
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 tot = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(pg + j), vmx));
+      _mm256_storeu_ps(pg + j, e);
+      tot = _mm256_add_ps(tot, e);
+    }
+    float total = hsum(tot);
+    for (; j < n; ++j) total += (pg[j] = std::exp(pg[j] - mx));
+    inv_total[g] = 1.f / total;
+  }
+  std::fill(out, out + g_heads * d, 0.f);
+  for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {  // weighted values, 64 dimensions (8 registers) at a time
+    const int64_t j1 = std::min(n, j0 + KEY_BLOCK);
+    for (int64_t g = 0; g < g_heads; ++g) {
+      const float* pg = p + g * n;
+      float* og = out + g * d;
+      int64_t c = 0;
+      for (; c + 64 <= d8; c += 64) weighted_values<8>(pg, values + c, d, j0, j1, og + c);
+      switch ((d8 - c) / 8) {  // head sizes not a multiple of 64
+        case 1: weighted_values<1>(pg, values + c, d, j0, j1, og + c); break;
+        case 2: weighted_values<2>(pg, values + c, d, j0, j1, og + c); break;
+        case 3: weighted_values<3>(pg, values + c, d, j0, j1, og + c); break;
+        case 4: weighted_values<4>(pg, values + c, d, j0, j1, og + c); break;
+        case 5: weighted_values<5>(pg, values + c, d, j0, j1, og + c); break;
+        case 6: weighted_values<6>(pg, values + c, d, j0, j1, og + c); break;
+        case 7: weighted_values<7>(pg, values + c, d, j0, j1, og + c); break;
+      }
+      for (int64_t i = d8; i < d; ++i)
+        for (int64_t j = j0; j < j1; ++j) og[i] += pg[j] * values[j * d + i];
+    }
+  }
+  for (int64_t g = 0; g < g_heads; ++g)
+    for (int64_t i = 0; i < d; ++i) out[g * d + i] *= inv_total[g];
+}
+
 // A decode step's attention for one new token per sequence, in one call: rotate q [B, H, D]
 // and k [B, Hkv, D] by rot [B, D/2, 2] (cos, sin of each pair's angle), store k and v
 // [B, Hkv, D] in the layer's cache (k_cache, v_cache [R, Hkv, S, D]) at slot positions[b]
@@ -569,34 +686,20 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   float* op = out.data_ptr<float>();
   const float scale = 1.f / std::sqrt(float(d));
   const int64_t group = h / hkv;
-  int64_t keys = 0;  // the work, in key vectors read: below ~16k (short contexts) waking a thread costs more than it saves
+  int64_t keys = 0;  // the work, in key vectors read: below ~64k (short contexts) waking a thread costs more than it saves
   for (int64_t i = 0; i < b; ++i) keys += (pp[i] + 1) * h;
-  const int64_t grain = keys < (1 << 14) ? b * h : 1;
-  at::parallel_for(0, b * h, grain, [&](int64_t a, int64_t e) {
-    std::vector<float> p(s), qr(d);
-    for (int64_t bh = a; bh < e; ++bh) {
-      const int64_t bi = bh / h, head = bh % h, n = pp[bi] + 1;
-      rotate_pairs(qp + bh * d, rtp + bi * d, d, qr.data());
-      const float* kb = kc + ((rp[bi] * hkv + head / group) * s) * d;
-      const float* vb = vc + ((rp[bi] * hkv + head / group) * s) * d;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n; ++j) {
-        __m256 acc = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr.data() + i), _mm256_loadu_ps(kb + j * d + i), acc);
-        float dot = hsum(acc);
-        for (; i < d; ++i) dot += qr[i] * kb[j * d + i];
-        p[j] = dot * scale;
-        mx = std::max(mx, p[j]);
+  const int64_t grain = keys < (1 << 16) ? b * hkv : 1;
+  at::parallel_for(0, b * hkv, grain, [&](int64_t a, int64_t e) {
+    std::vector<float> p(group * s), qr(group * d);
+    for (int64_t task = a; task < e; ++task) {  // one (sequence, KV head) pair
+      const int64_t bi = task / hkv, kvh = task % hkv;
+      for (int64_t g = 0; g < group; ++g) {
+        float* qg = qr.data() + g * d;
+        rotate_pairs(qp + (bi * h + kvh * group + g) * d, rtp + bi * d, d, qg);
+        for (int64_t i = 0; i < d; ++i) qg[i] *= scale;
       }
-      float total = 0.f;
-      for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - mx));
-      float* o = op + bh * d;
-      std::fill(o, o + d, 0.f);
-      for (int64_t j = 0; j < n; ++j) {
-        const float pj = p[j] / total;
-        for (int64_t i = 0; i < d; ++i) o[i] += pj * vb[j * d + i];
-      }
+      const int64_t base = ((rp[bi] * hkv + kvh) * s) * d;
+      attend_group(qr.data(), group, kc + base, vc + base, pp[bi] + 1, d, p.data(), op + (bi * h + kvh * group) * d);
     }
   });
   return out;
