@@ -45,7 +45,7 @@ def reference_attention(q, k, v, rotation, cache_k, cache_v, rows, positions):
     return out.transpose(1, 2)
 
 
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (8, 2, 64), (9, 3, 64)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (8, 2, 64), (9, 3, 64), (4, 2, 128), (2, 1, 20)])
 def test_decode_attention_matches_sdpa(heads, kv_heads, head_dim):
     """Batched decode: rows of different lengths, cache rows picked out of order, GQA."""
     cfg = ModelConfig(dim=heads * head_dim, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, vocab_size=10, ffn_dim=8)
