@@ -222,30 +222,73 @@ void unpack_rows(const uint8_t* packed, int64_t n, int64_t k, uint8_t* out) {
 }
 
 
-// Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill).
+// One block of a packed group decoded to float32: row r's 32 values to out + r * k. Each
+// register pair (a, b) holds, for every row, 4 values in a's dword r and the next 4 in b's;
+// interleaving their dwords lines each row's 8 values up in 64 bits. Same arithmetic as
+// GGML's (d * (q - 8), d * q + m, d * q), so the floats are identical.
+template <int64_t T>
+inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
+  alignas(32) float d[8], m[8];
+  _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk)));
+  if constexpr (T == Q4_1) _mm256_store_ps(m, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))));
+  const uint8_t* q = blk + (T == Q4_1 ? 32 : 16);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int c = 0; c < 4; ++c) {  // values 8c .. 8c+7 of each row
+    __m256i a, b;
+    if constexpr (T == Q8_0) {
+      a = _mm256_loadu_si256((const __m256i*)(q + 64 * c));
+      b = _mm256_loadu_si256((const __m256i*)(q + 64 * c + 32));
+    } else {
+      const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + 32 * c));
+      a = _mm256_and_si256(raw, low4);
+      b = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+    }
+    const __m256i lo = _mm256_unpacklo_epi32(a, b), hi = _mm256_unpackhi_epi32(a, b);
+    const __m128i pairs[4] = {_mm256_castsi256_si128(lo), _mm256_castsi256_si128(hi),
+                              _mm256_extracti128_si256(lo, 1), _mm256_extracti128_si256(hi, 1)};  // rows 01 23 45 67
+    for (int r = 0; r < 8; ++r) {
+      const __m128i bytes = r % 2 ? _mm_unpackhi_epi64(pairs[r / 2], pairs[r / 2]) : pairs[r / 2];
+      __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+      if constexpr (T == Q4_0) v = _mm256_mul_ps(_mm256_set1_ps(d[r]), _mm256_sub_ps(v, _mm256_set1_ps(8.f)));
+      if constexpr (T == Q4_1) v = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(d[r]), v), _mm256_set1_ps(m[r]));
+      if constexpr (T == Q8_0) v = _mm256_mul_ps(_mm256_set1_ps(d[r]), v);
+      _mm256_storeu_ps(out + r * k + 8 * c, v);
+    }
+  }
+}
+
+// Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill):
+// whole groups of 8 rows with vectors, rows of groups cut by r0 or r1 one at a time.
 template <int64_t T>
 void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r1, float* out) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T);
-  at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t e) {
-    for (int64_t row = a; row < e; ++row) {
-      const int r = int(row % 8);
-      float* o = out + (row - r0) * k;
-      for (int64_t b = 0; b < nb; ++b, o += 32) {
-        const uint8_t* blk = packed + (row / 8 * nb + b) * gb;
-        const float d = half(blk + 2 * r);
-        if constexpr (T == Q8_0) {
-          for (int c = 0; c < 8; ++c)
-            for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
-        } else {
-          // as GGML defines them: Q4_0 d * (q - 8), Q4_1 d * q + m
-          const float m = T == Q4_1 ? half(blk + 16 + 2 * r) : 0.f;
-          const int off = T == Q4_1 ? 0 : 8;
-          const uint8_t* q = blk + (T == Q4_1 ? 32 : 16) + 4 * r;
-          for (int c = 0; c < 4; ++c)
-            for (int i = 0; i < 4; ++i) {
-              o[8 * c + i] = d * float((q[32 * c + i] & 0x0F) - off) + m;
-              o[8 * c + 4 + i] = d * float((q[32 * c + i] >> 4) - off) + m;
-            }
+  at::parallel_for(r0 / 8, (r1 + 7) / 8, 4, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* gw = packed + g * nb * gb;
+      if (8 * g >= r0 && 8 * g + 8 <= r1) {
+        for (int64_t b = 0; b < nb; ++b) dequant_group_block<T>(gw + b * gb, out + (8 * g - r0) * k + 32 * b, k);
+        continue;
+      }
+      for (int64_t row = std::max(r0, 8 * g); row < std::min(r1, 8 * g + 8); ++row) {
+        const int r = int(row % 8);
+        float* o = out + (row - r0) * k;
+        for (int64_t b = 0; b < nb; ++b, o += 32) {
+          const uint8_t* blk = gw + b * gb;
+          const float d = half(blk + 2 * r);
+          if constexpr (T == Q8_0) {
+            for (int c = 0; c < 8; ++c)
+              for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
+          } else {
+            // as GGML defines them: Q4_0 d * (q - 8), Q4_1 d * q + m
+            const float m = T == Q4_1 ? half(blk + 16 + 2 * r) : 0.f;
+            const int off = T == Q4_1 ? 0 : 8;
+            const uint8_t* q = blk + (T == Q4_1 ? 32 : 16) + 4 * r;
+            for (int c = 0; c < 4; ++c)
+              for (int i = 0; i < 4; ++i) {
+                o[8 * c + i] = d * float((q[32 * c + i] & 0x0F) - off) + m;
+                o[8 * c + 4 + i] = d * float((q[32 * c + i] >> 4) - off) + m;
+              }
+          }
         }
       }
     }
@@ -706,15 +749,18 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemm_f16", &gemm_f16_rows, "x @ W^T with W in F16 (few rows of x)");
-  m.def("dequant_f16", &dequant_f16, "decode rows of an F16 weight to float32");
-  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved");
-  m.def("unpack", &unpack, "the GGML bytes of a packed weight");
-  m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32");
-  m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks");
-  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves");
-  m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence");
+  // The kernels touch no Python objects: other threads run meanwhile (the tokenizer being read
+  // while weights are repacked, the server's HTTP loop while a batch is decoded).
+  const py::call_guard<py::gil_scoped_release> nogil;
+  m.def("gemm_f16", &gemm_f16_rows, "x @ W^T with W in F16 (few rows of x)", nogil);
+  m.def("dequant_f16", &dequant_f16, "decode rows of an F16 weight to float32", nogil);
+  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved", nogil);
+  m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
+  m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
+  m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
+  m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
   m.def("quantize_q8", [](torch::Tensor x) {  // for tests: the int8 blocks gemm_packed multiplies
     TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % 32 == 0, "x must be float32 [M, K], K % 32 == 0");
     x = x.contiguous();
