@@ -3,10 +3,12 @@
 `native()` returns the compiled module, or None where it cannot be built (no compiler,
 no AVX2/FMA/F16C, not x86-64, or LLAMAHERD_NO_NATIVE=1); callers then fall back to
 pure-torch paths that give the same numbers more slowly. The build takes about a minute
-once per machine and torch version; it is cached under torch's extensions directory.
-Later processes import the cached library directly when a stamp beside it (a hash of the
-source, the flags and the torch version) matches: asking torch's builder to check the
-build costs seconds of every start (time to first token).
+once per machine and torch version; it is cached where torch caches extensions
+($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), in a folder named by a hash of
+the source, the flags and the torch version. Later processes
+import the cached library directly: asking torch's builder to check the build costs
+seconds of every start (time to first token), and even importing it (it imports
+setuptools) costs 0.3 s.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ def _stamp() -> str:
     return hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, torch.__version__)).encode()).hexdigest()
 
 
-def _import_cached(build_dir: Path, stamp: str):
-    """The already-built library when its stamp matches, else None."""
-    so, stamp_file = build_dir / f"{NAME}.so", build_dir / f"{NAME}.stamp"
-    try:
-        if stamp_file.read_text() != stamp or not so.exists():
-            return None
-    except OSError:
+def _build_dir(stamp: str) -> Path:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / f"{NAME}-{stamp[:16]}"
+
+
+def _import_cached(build_dir: Path):
+    """The already-built library in build_dir, else None."""
+    so = build_dir / f"{NAME}.so"
+    if not so.exists():
         return None
     import torch  # noqa: F401  (the library links against libtorch, loaded by this import)
 
@@ -64,19 +68,15 @@ def native():
     if os.environ.get("LLAMAHERD_NO_NATIVE") == "1" or not _cpu_supports_avx2():
         return None
     try:
-        from torch.utils.cpp_extension import _get_build_directory, load
-
-        build_dir = Path(_get_build_directory(NAME, verbose=False))
-        stamp = _stamp()
-        module = _import_cached(build_dir, stamp)
+        build_dir = _build_dir(_stamp())
+        module = _import_cached(build_dir)
         if module is not None:
             return module
-        module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
-        try:
-            (build_dir / f"{NAME}.stamp").write_text(stamp)
-        except OSError:
-            pass
-        return module
+        from torch.utils.cpp_extension import load
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        return load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                    build_directory=str(build_dir), verbose=False)
     except Exception as e:  # no compiler or headers: fall back, but say so once
         warnings.warn(f"llamaherd: native kernels unavailable ({type(e).__name__}: {e}); using slower torch paths")
         return None
