@@ -33,7 +33,7 @@ class SpmTokenizer(Tokenizer):
         # Character pairs that occur inside some piece. Where a pair of the text is not one of
         # these, no merge can ever cross between its two characters, so the text can be cut
         # there and the parts merged separately (and cached) with exactly the same result.
-        self._joinable = frozenset(p[i:i + 2] for p in self._pieces for i in range(len(p) - 1))
+        self._joinable = {p[i:i + 2] for p in self._pieces if len(p) > 1 for i in range(len(p) - 1)}
         self._word_cache: dict[str, list[int]] = {}
 
     def _byte_fallback_id(self, byte: int) -> int | None:
