@@ -17,6 +17,9 @@ How Linear weights are held (`quantize`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 from torch import nn
 
@@ -40,7 +43,11 @@ def build_model(
     quantize: str | None = None,
     group_size: int = 32,
     int8_activations: bool = False,
+    during_repack: Callable[[], object] | None = None,
 ) -> Transformer:
+    """The model of `checkpoint` (see the module docstring). `during_repack` is called once,
+    on a second thread while GGUF weights are repacked (native code that lets go of the GIL),
+    else after loading: the caller's own start-up work (reading the tokenizer) overlaps ours."""
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"unknown quantize {quantize!r}; choose one of {', '.join(str(q) for q in QUANTIZE_CHOICES)}")
     config = checkpoint.config
@@ -94,8 +101,16 @@ def build_model(
     if leftover:
         raise FormatError(f"{checkpoint.path}: tensors not loaded: {', '.join(leftover[:5])}")
     model.rope_freqs = rope_frequencies(config, checkpoint.freq_factors).to(device)
-    if keep_blocks:
-        _pack_gguf_linears(model, checkpoint.file, file_tensors)
+    if keep_blocks and during_repack is not None:
+        with ThreadPoolExecutor(1, thread_name_prefix="llamaherd-load") as pool:
+            side = pool.submit(during_repack)
+            _pack_gguf_linears(model, checkpoint.file, file_tensors)
+            side.result()
+    else:
+        if keep_blocks:
+            _pack_gguf_linears(model, checkpoint.file, file_tensors)
+        if during_repack is not None:
+            during_repack()
     return model.eval()
 
 
