@@ -17,16 +17,17 @@ from .quant.kernels import native
 
 
 def _native_for(*tensors: torch.Tensor):
-    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return native()
-    return None
+    for t in tensors:  # a plain loop over cheap attributes: this runs several times a layer per token
+        if not t.is_cpu or t.dtype is not torch.float32:
+            return None
+    return native()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) * weight over the last dimension, computed in float32."""
     ext = _native_for(x, weight)
     if ext is not None:
-        return ext.rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
+        return ext.rms_norm(x, weight, eps)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
@@ -35,7 +36,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate and up side by side in the last dimension ([..., 2H] -> [..., H])."""
     ext = _native_for(gate_up)
     if ext is not None:
-        return ext.silu_mul(gate_up.reshape(-1, gate_up.shape[-1])).view(*gate_up.shape[:-1], -1)
+        return ext.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
@@ -47,14 +48,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotation
     Rotates q ([B, 1, H, D]) and k ([B, 1, Hkv, D]) by `rotation` (complex [B, 1, 1, D/2]),
     stores k and v in `cache` at `positions` ([B, 1]) of cache `rows` (default 0..B-1), and
     attends from each q to its own row's slots up to its position. Returns [B, 1, H, D]."""
-    b, _, h, d = q.shape
     ext = _native_for(q, k, v, cache.k)
     if ext is not None:
-        rows = rows if rows is not None else torch.arange(b)
-        rot = torch.view_as_real(rotation).reshape(b, d)
-        out = ext.decode_attention(q.view(b, h, d), k.view(b, -1, d), v.view(b, -1, d), rot,
-                                   cache.k[layer], cache.v[layer], rows, positions.view(b))
-        return out.view(b, 1, h, d)
+        return ext.decode_attention(q, k, v, rotation, cache.k, cache.v, layer, rows, positions)
+    h = q.shape[2]
     q, k = apply_rotary_emb(q, rotation), apply_rotary_emb(k, rotation)
     span = int(positions.max()) + 1
     keys, values = cache.update(layer, k, v, positions, rows, span)

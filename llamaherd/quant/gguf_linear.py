@@ -114,10 +114,11 @@ class GGUFLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {GGMLType(self.ggml_type).name}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and (self.int8_activations or x.numel() <= DECODE_ROWS * self.in_features):
+            # any leading dimensions go straight to the kernel: a decode step's hot path
+            return native().gemm_packed(x.float(), self.packed, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
         flat = x.reshape(-1, self.in_features).float()
-        if self.packed is not None and (self.int8_activations or flat.shape[0] <= DECODE_ROWS):
-            y = native().gemm_packed(flat, self.packed, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
-        elif self.packed is not None:  # float-accurate prefill: BLAS on decoded runs beats three int8 terms
+        if self.packed is not None:  # float-accurate prefill: BLAS on decoded runs beats three int8 terms
             y = self._blas(flat, native())
         else:
             ext = native() if self.raw.device.type == "cpu" else None

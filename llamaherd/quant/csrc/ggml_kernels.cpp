@@ -514,10 +514,13 @@ void dequant_packed(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t
 // x: float32 [M, K]; w: a packed weight of N rows; x_terms: 1 to 3 int8 terms per row of x
 // (see quantize_act). Returns float32 [M, N].
 torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be 2-D float32");
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
   TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
-  x = x.contiguous();
-  const int64_t m = x.size(0), k = x.size(1);
+  auto out_shape = x.sizes().vec();
+  const int64_t k = out_shape.back();
+  out_shape.back() = n;
+  x = x.contiguous().view({-1, k});
+  const int64_t m = x.size(0);
   check_packed(w, type, n, k);
   auto y = torch::zeros({m, n}, x.options());
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
@@ -528,20 +531,36 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
     case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
-  return y;
+  return y.view(out_shape);
 }
 
 // ---- Small fused float32 ops of a decode step -----------------------------------------
 // Each replaces several torch ops whose dispatch costs (microseconds each, hundreds per
 // token) rival the matrix products of a small model. Row-parallel, same math as torch.
 
-// x [M, D] -> x / sqrt(mean(x^2) + eps) * w
+// e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two constants so r stays
+// exact), e^r by a degree-6 polynomial (Cephes' expf coefficients), 2^n put in the exponent
+// bits. Relative error about 1e-7 over [-87, 88]; below that the result flushes to 0.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// x [..., D] -> x / sqrt(mean(x^2) + eps) * w
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && w.dtype() == torch::kFloat32 && x.dim() == 2 && w.dim() == 1 &&
-              x.size(1) == w.size(0), "rms_norm: x float32 [M, D], w float32 [D]");
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && w.dtype() == torch::kFloat32 && x.dim() >= 1 && w.dim() == 1 &&
+              x.size(-1) == w.size(0), "rms_norm: x float32 [..., D], w float32 [D]");
   x = x.contiguous();
   w = w.contiguous();
-  const int64_t m = x.size(0), d = x.size(1);
+  const int64_t d = x.size(-1), m = x.numel() / std::max<int64_t>(d, 1);
   auto y = torch::empty_like(x);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -564,11 +583,31 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
   return y;
 }
 
-// gu [M, 2H] (gate | up side by side) -> silu(gate) * up, [M, H] (ATen's vectorized silu)
+// gu [..., 2H] (gate | up side by side) -> silu(gate) * up = gate / (1 + e^-gate) * up, [..., H]
 torch::Tensor silu_mul(torch::Tensor gu) {
-  TORCH_CHECK(gu.dtype() == torch::kFloat32 && gu.dim() == 2 && gu.size(1) % 2 == 0, "silu_mul: float32 [M, 2H]");
-  const int64_t h = gu.size(1) / 2;
-  return at::silu(gu.narrow(1, 0, h)).mul_(gu.narrow(1, h, h));
+  TORCH_CHECK(gu.dtype() == torch::kFloat32 && gu.dim() >= 1 && gu.size(-1) % 2 == 0, "silu_mul: float32 [..., 2H]");
+  gu = gu.contiguous();
+  auto shape = gu.sizes().vec();
+  const int64_t h = shape.back() / 2, m = gu.numel() / std::max<int64_t>(2 * h, 1);
+  shape.back() = h;
+  auto y = torch::empty(shape, gu.options());
+  const float* src = gu.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  const __m256 one = _mm256_set1_ps(1.f), sign_bit = _mm256_set1_ps(-0.0f);
+  at::parallel_for(0, m, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(h, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *g = src + r * 2 * h, *u = g + h;
+      float* o = dst + r * h;
+      int64_t i = 0;
+      for (; i + 8 <= h; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(gv, sign_bit))));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(gv, sig), _mm256_loadu_ps(u + i)));
+      }
+      for (; i < h; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return y;
 }
 
 // Rotate the interleaved pairs of x [D] by rot [D/2][2] (cos, sin), into out.
@@ -578,22 +617,6 @@ inline void rotate_pairs(const float* x, const float* rot, int64_t d, float* out
     out[2 * i] = x0 * c - x1 * s;
     out[2 * i + 1] = x0 * s + x1 * c;
   }
-}
-
-// e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two constants so r stays
-// exact), e^r by a degree-6 polynomial (Cephes' expf coefficients), 2^n put in the exponent
-// bits. Relative error about 1e-7 over [-87, 88]; below that the result flushes to 0.
-inline __m256 exp8(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
 // The four sums of the lanes of a, b, c, d.
@@ -697,23 +720,31 @@ void attend_group(const float* q, int64_t g_heads, const float* keys, const floa
     for (int64_t i = 0; i < d; ++i) out[g * d + i] *= inv_total[g];
 }
 
-// A decode step's attention for one new token per sequence, in one call: rotate q [B, H, D]
-// and k [B, Hkv, D] by rot [B, D/2, 2] (cos, sin of each pair's angle), store k and v
-// [B, Hkv, D] in the layer's cache (k_cache, v_cache [R, Hkv, S, D]) at slot positions[b]
-// of row rows[b], then attend from q to slots 0 .. positions[b] of that row (softmax, scale
-// 1/sqrt(D)). Returns [B, H, D].
+// A decode step's attention for one new token per sequence, in one call: rotate q [B, (1,) H, D]
+// and k [B, (1,) Hkv, D] by rot (cos, sin of each pair's angle: complex [B, ..., D/2] or its
+// float [..., 2] view), store k and v in the caches' `layer` (caches [L, R, Hkv, S, D]) at slot
+// positions[b] of row rows[b] (default b), then attend from q to slots 0 .. positions[b] of
+// that row (softmax, scale 1/sqrt(D)). Returns q's shape. Shapes are handled here, not in
+// Python: each torch view costs microseconds, and this runs once a layer per token.
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rot,
-                               torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor rows,
-                               torch::Tensor positions) {
-  for (const auto* t : {&q, &k, &v, &rot, &k_cache, &v_cache})
+                               torch::Tensor caches_k, torch::Tensor caches_v, int64_t layer,
+                               c10::optional<torch::Tensor> rows_or_none, torch::Tensor positions) {
+  if (rot.is_complex()) rot = at::view_as_real(rot);
+  for (const auto* t : {&q, &k, &v, &rot, &caches_k, &caches_v})
     TORCH_CHECK(t->dtype() == torch::kFloat32, "decode_attention: float32 tensors");
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k_cache.dim() == 4 &&
-              v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() && v_cache.is_contiguous(),
-              "decode_attention: q [B,H,D], k/v [B,Hkv,D], contiguous caches [R,Hkv,S,D]");
-  q = q.contiguous(); k = k.contiguous(); v = v.contiguous(); rot = rot.contiguous();
-  rows = rows.to(torch::kLong).contiguous();
+  TORCH_CHECK(caches_k.dim() == 5 && caches_v.sizes() == caches_k.sizes() && caches_k.is_contiguous() &&
+              caches_v.is_contiguous() && 0 <= layer && layer < caches_k.size(0),
+              "decode_attention: contiguous caches [L,R,Hkv,S,D] and a layer among them");
+  torch::Tensor k_cache = caches_k.select(0, layer), v_cache = caches_v.select(0, layer);
+  const int64_t b = q.size(0), d = q.size(-1), hkv = k_cache.size(1), s = k_cache.size(2);
+  TORCH_CHECK(d > 0 && q.numel() % (b * d) == 0 && k.numel() == b * hkv * d && v.numel() == k.numel(),
+              "decode_attention: q [B,(1,)H,D], k/v [B,(1,)Hkv,D]");
+  const int64_t h = q.numel() / (b * d);
+  const auto out_shape = q.sizes().vec();
+  q = q.contiguous().view({b, h, d}); k = k.contiguous().view({b, hkv, d}); v = v.contiguous().view({b, hkv, d});
+  rot = rot.contiguous();
+  torch::Tensor rows = rows_or_none.has_value() ? rows_or_none->to(torch::kLong).contiguous() : torch::arange(b, torch::kLong);
   positions = positions.to(torch::kLong).contiguous();
-  const int64_t b = q.size(0), h = q.size(1), d = q.size(2), hkv = k.size(1), s = k_cache.size(2);
   TORCH_CHECK(d % 2 == 0 && k.size(0) == b && k.size(2) == d && k_cache.size(1) == hkv && k_cache.size(3) == d &&
               h % hkv == 0 && rot.numel() == b * d && rows.numel() == b && positions.numel() == b,
               "decode_attention: shapes do not match");
@@ -748,7 +779,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
       attend_group(qr.data(), group, kc + base, vc + base, pp[bi] + 1, d, p.data(), op + (bi * h + kvh * group) * d);
     }
   });
-  return out;
+  return out.view(out_shape);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
