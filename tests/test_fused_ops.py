@@ -29,6 +29,15 @@ def test_silu_mul():
     assert torch.allclose(fused_ops.silu_mul(gu), F.silu(gate) * up, **TOL)
 
 
+def test_silu_mul_at_the_edges_of_exp():
+    """Its exp is a polynomial with clamped input: far tails, +inf and NaN as torch gives them
+    (in the vector loop and in the scalar tail: 20 values)."""
+    gate = torch.tensor([-1e4, -100.0, -87.0, 87.0, 100.0, 1e4, -20.0, float("inf"), float("nan"), 0.0] * 2)
+    up = torch.ones_like(gate)
+    got, expected = fused_ops.silu_mul(torch.cat([gate, up])), F.silu(gate) * up
+    assert torch.allclose(got, expected, atol=1e-30, rtol=1e-6, equal_nan=True)
+
+
 def reference_attention(q, k, v, rotation, cache_k, cache_v, rows, positions):
     """Rotate with complex numbers, write the cache by indexing, attend with SDPA and a mask."""
     def rotate(x):

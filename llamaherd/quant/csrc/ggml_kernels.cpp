@@ -542,7 +542,8 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
 // exact), e^r by a degree-6 polynomial (Cephes' expf coefficients), 2^n put in the exponent
 // bits. Relative error about 1e-7 over [-87, 88]; below that the result flushes to 0.
 inline __m256 exp8(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
+  // clamped with the constant first: min/max return their second operand for NaN, so NaN stays NaN
+  x = _mm256_max_ps(_mm256_set1_ps(-87.33f), _mm256_min_ps(_mm256_set1_ps(88.37f), x));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
