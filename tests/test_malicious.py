@@ -111,6 +111,10 @@ def build_cases(tmp: Path, marker: Path) -> dict[str, tuple[Path, bytes | None]]
     beyond = real.replace(b"K\x02K\x03\x86", b"K\x04K\x03\x86", 1)  # shape (4, 3) over 6 values
     assert beyond != real
     add("tensor-beyond-storage", beyond, runnable=False, extra={"archive/data/0": storages["data/0"]})
+    # BUILD on the tensor: Tensor.__setstate__ would call set_() with the file's size and stride
+    rebuilt = real.index(b"tq\x0cRq\r") + len(b"tq\x0cRq\r")
+    add("build-on-tensor", real[:rebuilt] + b"(h\rK\x00K\x04\x85K\x01\x85tb" + real[rebuilt:], runnable=False,
+        extra={f"archive/{k}": v for k, v in storages.items()})
     traversal = real.replace(b"X\x01\x00\x00\x000", b"X\x01\x00\x00\x00/", 1)
     add("storage-key-traversal", traversal, runnable=False, extra={"archive/data/0": storages["data/0"]})
     return cases
@@ -121,12 +125,12 @@ CASES = [
     "stack-global-protocol-4", "builtins-getattr", "torch-load", "torch-utils-other-function",
     "collections-dotted-name", "torch-storage-dotted", "legacy-builtin-module", "payload-in-place-of-ordereddict",
     "legacy-non-zip", "case-twins", "case-twin-pickles", "second-data-pkl", "storage-too-short",
-    "storage-too-long", "tensor-beyond-storage", "storage-key-traversal",
+    "storage-too-long", "tensor-beyond-storage", "storage-key-traversal", "build-on-tensor",
 ]
 CODE_PAYLOADS = {"os-system", "exec", "eval", "subprocess-call", "subprocess-popen", "os-system-protocol-0",
                  "stack-global-protocol-4", "builtins-getattr", "torch-load", "torch-utils-other-function",
                  "collections-dotted-name", "torch-storage-dotted", "legacy-builtin-module",
-                 "payload-in-place-of-ordereddict", "legacy-non-zip"}
+                 "payload-in-place-of-ordereddict", "legacy-non-zip", "build-on-tensor"}
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,26 @@ class _Marker:
         self.name = name
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles a torch state dict, allowing only the globals listed in `find_class`."""
+def _load_build(unpickler: "SafeUnpickler") -> None:
+    """BUILD (set an object's state) for the one object a state dict needs it on: an OrderedDict
+    getting attributes (torch's `_metadata`). On anything else it would call that object's
+    __setstate__ with values from the file (a tensor's runs `set_`), so it is refused."""
+    state = unpickler.stack.pop()
+    inst = unpickler.stack[-1]
+    if type(inst) is not collections.OrderedDict or type(state) is not dict or not all(type(k) is str for k in state):
+        raise UnsafeCheckpointError(
+            f"{unpickler.archive.path}: refusing to load: the pickle sets the state of a {type(inst).__name__} "
+            f"(BUILD with a {type(state).__name__}); a state dict only sets attributes of an OrderedDict"
+        )
+    vars(inst).update(state)
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """Unpickles a torch state dict, allowing only the globals listed in `find_class` and BUILD
+    only on OrderedDicts. Python's own unpickler class, not the C one: only its opcode table
+    can be changed (a state dict's pickle is kilobytes, so the speed does not matter)."""
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: _load_build}
 
     def __init__(self, data: bytes, archive: "TorchArchive") -> None:
         super().__init__(io.BytesIO(data))
