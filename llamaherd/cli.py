@@ -39,6 +39,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass, 1 = off (default 0.95)")
     g.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the best, 0 = off (default 0.05)")
     g.add_argument("--repeat-penalty", type=float, default=1.0, help="penalise recent tokens, 1 = off (default 1.0)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="lower a recent token's logit by this much per occurrence, 0 = off (default 0)")
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="lower the logit of any recent token by this much, 0 = off (default 0)")
+    g.add_argument("--repeat-last-n", type=int, default=64, help="how many recent tokens the penalties look at (default 64)")
     g.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same output")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)")
 
@@ -46,7 +51,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         max_tokens=args.max_tokens, stop=args.stop, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+        top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+        repeat_last_n=args.repeat_last_n, seed=args.seed,
     )
 
 

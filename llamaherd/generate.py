@@ -1,12 +1,17 @@
 """Sampling and the generation loop: prompt ids in, token ids out, one at a time.
 
-The sampler follows llama.cpp's order (repetition penalty, top-k, top-p, min-p, then
-temperature) so that the same settings mean the same thing in both tools.
+The sampler follows llama.cpp's order (penalties, top-k, top-p, min-p, then temperature)
+so that the same settings mean the same thing in both tools. The penalties look at the
+last `repeat_last_n` ids (prompt included), as llama.cpp's do: the repetition penalty
+divides a seen token's positive logit (multiplies a negative one), the frequency penalty
+subtracts per occurrence and the presence penalty once (OpenAI's two parameters).
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -23,7 +28,9 @@ class SamplingParams:
     top_p: float = 0.95  # 1.0 disables
     min_p: float = 0.05  # 0 disables
     repeat_penalty: float = 1.0  # 1.0 disables
-    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0  # 0 disables
+    presence_penalty: float = 0.0  # 0 disables
+    repeat_last_n: int = 64  # the window all three penalties look at
     seed: int | None = None  # None: a fresh random seed
 
     def __post_init__(self) -> None:
@@ -33,6 +40,8 @@ class SamplingParams:
             "top_p": 0 < self.top_p <= 1,
             "min_p": 0 <= self.min_p <= 1,
             "repeat_penalty": self.repeat_penalty > 0,
+            "frequency_penalty": math.isfinite(self.frequency_penalty),
+            "presence_penalty": math.isfinite(self.presence_penalty),
             "repeat_last_n": self.repeat_last_n >= 0,
         }
         for name, ok in checks.items():
@@ -55,8 +64,10 @@ class Sampler:
         """Pick the next token from 1-D float logits, given the ids seen so far."""
         p = self.params
         logits = logits.float()
-        if p.repeat_penalty != 1.0 and p.repeat_last_n and history:
-            logits = apply_repeat_penalty(logits, history[-p.repeat_last_n :], p.repeat_penalty)
+        penalised = p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        if penalised and p.repeat_last_n and history:
+            logits = apply_penalties(logits, history[-p.repeat_last_n :], p.repeat_penalty,
+                                     p.frequency_penalty, p.presence_penalty)
         if p.greedy:
             return int(torch.argmax(logits))
         values, ids = torch.sort(logits, descending=True)
@@ -74,12 +85,18 @@ class Sampler:
         return int(ids[torch.multinomial(probs, 1, generator=self.generator)])
 
 
-def apply_repeat_penalty(logits: torch.Tensor, recent: Iterable[int], penalty: float) -> torch.Tensor:
-    """Make recently seen tokens less likely: positive logits are divided, negative multiplied."""
-    ids = torch.tensor(sorted(set(recent)), dtype=torch.long)
+def apply_penalties(logits: torch.Tensor, recent: Iterable[int], repeat: float = 1.0, frequency: float = 0.0,
+                    presence: float = 0.0) -> torch.Tensor:
+    """Make the tokens of `recent` less likely (module docstring): a seen token's logit is
+    divided by `repeat` when positive (multiplied when negative), then lowered by `frequency`
+    times its count and by `presence` once."""
+    counts = Counter(recent)
+    ids = torch.tensor(sorted(counts), dtype=torch.long)
+    n = torch.tensor([counts[i] for i in sorted(counts)], dtype=logits.dtype)
     logits = logits.clone()
     seen = logits[ids]
-    logits[ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    seen = torch.where(seen > 0, seen / repeat, seen * repeat)
+    logits[ids] = seen - n * frequency - presence
     return logits
 
 

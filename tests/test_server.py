@@ -173,3 +173,11 @@ def test_metrics_are_prometheus_text(server):
         assert name in m
     assert m['llamaherd_requests_total{endpoint="/v1/completions",status="200"}'] >= 1
     assert m["llamaherd_tokens_generated_total"] > 0
+
+
+def test_presence_and_frequency_penalties_are_applied(client, llm):
+    penalties = dict(presence_penalty=1.5, frequency_penalty=1.0)
+    plain = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0)
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, **penalties)
+    assert out.choices[0].text == llm.generate(PROMPT, max_tokens=24, temperature=0, **penalties)
+    assert out.choices[0].text != plain.choices[0].text

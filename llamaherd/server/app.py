@@ -359,7 +359,8 @@ def _sampling_params(body: SamplingFields, choice: int) -> SamplingParams:
     seed = None if body.seed is None else (body.seed + choice) % 2**63  # n choices, n different draws
     return SamplingParams(
         temperature=temperature, top_p=top_p if top_p > 0 else 1.0, top_k=body.top_k or 0,
-        min_p=body.min_p or 0.0, repeat_penalty=body.repetition_penalty or 1.0, seed=seed,
+        min_p=body.min_p or 0.0, repeat_penalty=body.repetition_penalty or 1.0,
+        frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0, seed=seed,
     )
 
 

@@ -36,8 +36,8 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     stop: Stop = None
     seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None  # accepted, not applied
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
     # extensions shared with llama.cpp's and vLLM's servers
     top_k: Annotated[StrictInt, Field(ge=0, le=MAX_INT32)] | None = None
