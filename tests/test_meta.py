@@ -107,3 +107,17 @@ def test_tiktoken_tokenizer_model_matches_llama3_vectors(tmp_path, assets):
     outputs = (vocab.parent / (vocab.name + ".out")).read_text(encoding="utf-8").splitlines()
     for text, expected in zip(inputs, outputs):
         assert tok.encode(text) == [int(x) for x in expected.split()], text
+
+
+def test_16bit_weights_stay_16bit_and_give_the_float32_answers(converted):
+    """bf16 shards: by default Linear weights are held as fp16 (half of float32's memory), and the
+    logits are those of quantize="float" (everything decoded to float32) up to summation order."""
+    from llamaherd.quant.gguf_linear import GGUFLinear
+
+    meta_dir, _ = converted["gqa-2shards"]
+    llm, plain = llamaherd.load(meta_dir), llamaherd.load(meta_dir, quantize="float")
+    linears = [m for m in llm.model.modules() if isinstance(m, GGUFLinear)]
+    assert len(linears) == 7 * llm.model.config.n_layers + 1
+    assert all(m.raw.numel() == 2 * m.in_features * m.out_features for m in linears)
+    ids = list(range(5, 40))
+    assert (llm.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-5
