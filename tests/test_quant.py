@@ -9,16 +9,16 @@ from gguf import quants
 
 import llamaherd
 from llamaherd.quant.ggml_dequant import dequantize
-from llamaherd.quant.gguf_linear import PACKED_TYPES, GGUFEmbedding, GGUFLinear
+from llamaherd.quant.gguf_linear import NATIVE_KQUANTS, PACKED_TYPES, GGUFEmbedding, GGUFLinear
 from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q4_K": Q.Q4_K, "Q6_K": Q.Q6_K}
+TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
 # k-quant super-blocks (256 values): byte offsets of their fp16 scale fields
-_K_SCALE_FIELDS = {Q.Q4_K: (144, (0, 2)), Q.Q6_K: (210, (208,))}
+_K_SCALE_FIELDS = {Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)), Q.Q6_K: (210, (208,))}
 
 
 def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
@@ -67,6 +67,11 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
         assert torch.equal(part, w_float.float()[3:21])
     else:
         assert (layer(x).double() - expected).abs().max().item() < tol
+        if TYPES[name] in NATIVE_KQUANTS and native() is not None:  # decoded exactly as gguf decodes them
+            part = torch.empty(min(n, 21) - 3, k)
+            native().dequant_kquant(raw, int(TYPES[name]), n, k, 3, min(n, 21), part)
+            reference = quants.dequantize(raw.numpy().reshape(n, -1), TYPES[name])
+            assert torch.equal(part, torch.from_numpy(reference[3:21]))
     assert (layer._blas(x, None).double() - expected).abs().max().item() < tol  # torch fallback
 
 

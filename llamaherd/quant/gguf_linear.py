@@ -20,9 +20,12 @@ Nothing is decoded to float32 at load time. Products are computed
     The loader then lets go of the file's pages, so the weight is held once.
   * F16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by decoding a run of rows into a scratch buffer for BLAS.
-  * other types (k-quants), or without the native kernels (no compiler, not x86-64 AVX2,
-    CUDA): on the memory-mapped bytes, decoding a run of rows at a time to float32 with the
-    torch decoder in ggml_dequant and calling BLAS.
+  * Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, each weight row decoded
+    one 256-value super-block at a time into L1 and multiplied with a few rows of x; for
+    many rows, runs of rows decoded to float32 for BLAS.
+  * other types, or without the native kernels (no compiler, not x86-64 AVX2, CUDA): on
+    the memory-mapped bytes, decoding a run of rows at a time to float32 with the torch
+    decoder in ggml_dequant and calling BLAS.
 
 The float paths compute x @ dequantize(W)^T up to the order of float additions.
 """
@@ -37,6 +40,7 @@ from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
 PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0})  # repacked, integer kernels
+NATIVE_KQUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 
@@ -124,6 +128,8 @@ class GGUFLinear(nn.Module):
             ext = native() if self.raw.device.type == "cpu" else None
             if ext is not None and self.ggml_type == GGMLType.F16 and flat.shape[0] <= DECODE_ROWS:
                 y = ext.gemm_f16(flat, self.raw, self.out_features)
+            elif ext is not None and self.ggml_type in NATIVE_KQUANTS and flat.shape[0] <= DECODE_ROWS:
+                y = ext.gemm_kquant(flat, self.raw, self.ggml_type, self.out_features)
             else:
                 y = self._blas(flat, ext)
         return y.view(*x.shape[:-1], self.out_features)
@@ -149,6 +155,9 @@ class GGUFLinear(nn.Module):
             elif ext is not None and self.ggml_type == GGMLType.F16:
                 w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
                 ext.dequant_f16(raw, n, k, r0, r1, w)
+            elif ext is not None and self.ggml_type in NATIVE_KQUANTS:
+                w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
+                ext.dequant_kquant(raw, self.ggml_type, n, k, r0, r1, w)
             else:
                 w = dequantize(raw[r0 * rb : r1 * rb], self.ggml_type, (r1 - r0, k))
             if r1 - r0 == n:

@@ -3,6 +3,8 @@
 //   * F16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
+//   * Q4_K, Q5_K, Q6_K: decoded a 256-value super-block at a time (into L1 for products
+//     with a few rows of x, or runs of rows to float32 for BLAS), exactly as GGML decodes them.
 //   * Q4_0, Q4_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
 //     (pack(), described below) and packed_gemm() multiplies it in integers with x rounded to
 //     int8 blocks, for any number of rows of x. Results equal "dequantize W, round x to its
@@ -16,7 +18,7 @@
 
 namespace {
 
-enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };
+enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
@@ -24,6 +26,9 @@ inline int64_t row_bytes(int64_t type, int64_t k) {
     case Q4_0: return k / 32 * 18;
     case Q4_1: return k / 32 * 20;
     case Q8_0: return k / 32 * 34;
+    case Q4_K: return k / 256 * 144;
+    case Q5_K: return k / 256 * 176;
+    case Q6_K: return k / 256 * 210;
   }
   TORCH_CHECK(false, "unsupported GGML type ", type);
 }
@@ -428,9 +433,134 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
   });
 }
 
+
+// ---- k-quants: Q4_K, Q5_K, Q6_K ------------------------------------------------------
+//
+// A 256-value super-block is decoded at a time, first to small integers q[256] with a
+// scale and a minimum per 16 values (unpacking bytes, which the compiler vectorizes), then
+// y = scale * q - min with vectors: the same float operations, in the same order, as GGML's
+// dequantize_row_q*_K, so the floats are identical. The decoded block lives in L1; products
+// multiply it with each row of x. Weights stay as the file has them (memory-mapped).
+
+struct SuperBlock {
+  alignas(32) float y[256];
+  int8_t q[256];
+  float scale[16], min[16];
+};
+
+// GGML's get_scale_min_k4: the 6-bit scale and minimum of sub-block j of Q4_K / Q5_K.
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+template <int64_t T>
+inline void decode_superblock(const uint8_t* b, SuperBlock& s) {
+  if constexpr (T == Q4_K || T == Q5_K) {
+    // d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]
+    const float d = half(b), dmin = half(b + 2);
+    const uint8_t* sc = b + 4;
+    const uint8_t* qh = b + 16;
+    const uint8_t* ql = b + (T == Q5_K ? 48 : 16);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sj, mj;
+      scale_min_k4(j, sc, sj, mj);
+      s.scale[2 * j] = s.scale[2 * j + 1] = d * float(sj);
+      s.min[2 * j] = s.min[2 * j + 1] = dmin * float(mj);
+    }
+    for (int j = 0; j < 4; ++j) {  // 64 values: 32 low nibbles, then 32 high ones
+      const uint8_t* qs = ql + 32 * j;
+      int8_t* lo = s.q + 64 * j;
+      int8_t* hi = lo + 32;
+      for (int l = 0; l < 32; ++l) {
+        lo[l] = int8_t(qs[l] & 0xF);
+        hi[l] = int8_t(qs[l] >> 4);
+        if constexpr (T == Q5_K) {
+          lo[l] = int8_t(lo[l] | (((qh[l] >> (2 * j)) & 1) << 4));
+          hi[l] = int8_t(hi[l] | (((qh[l] >> (2 * j + 1)) & 1) << 4));
+        }
+      }
+    }
+  } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8) | d
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t* sc = (const int8_t*)(b + 192);
+    const float d = half(b + 208);
+    for (int i = 0; i < 16; ++i) {
+      s.scale[i] = d * float(sc[i]);
+      s.min[i] = 0.f;
+    }
+    for (int h = 0; h < 2; ++h, ql += 64, qh += 32) {
+      int8_t* q = s.q + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        q[l] = int8_t(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+        q[l + 32] = int8_t(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        q[l + 64] = int8_t(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        q[l + 96] = int8_t(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+  }
+  for (int g = 0; g < 16; ++g) {  // y = scale * q - min, 16 values per scale
+    const __m256 sc = _mm256_set1_ps(s.scale[g]), mn = _mm256_set1_ps(s.min[g]);
+    for (int h = 0; h < 2; ++h) {
+      const int i = 16 * g + 8 * h;
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(s.q + i))));
+      _mm256_store_ps(s.y + i, _mm256_sub_ps(_mm256_mul_ps(sc, q), mn));
+    }
+  }
+}
+
+// Rows [r0, r1) of a k-quant weight (rows of k values) decoded to float32 into out [r1 - r0, k].
+template <int64_t T>
+void dequant_kquant_rows(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
+  const int64_t rb = row_bytes(T, k), bb = row_bytes(T, 256);
+  at::parallel_for(r0, r1, 8, [&](int64_t a, int64_t e) {
+    SuperBlock s;
+    for (int64_t r = a; r < e; ++r)
+      for (int64_t j = 0; j < k / 256; ++j) {
+        decode_superblock<T>(w + r * rb + j * bb, s);
+        std::memcpy(out + (r - r0) * k + 256 * j, s.y, sizeof(s.y));
+      }
+  });
+}
+
+// y [m, n] = x [m, k] @ W^T for a few rows of x (decoding): each weight row is decoded one
+// super-block at a time into L1 and multiplied with every row of x.
+template <int64_t T>
+void gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+  const int64_t rb = row_bytes(T, k), bb = row_bytes(T, 256);
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / rb);
+  at::parallel_for(0, n, grain, [&](int64_t n0, int64_t n1) {
+    SuperBlock s;
+    for (int64_t r = n0; r < n1; ++r) {
+      const uint8_t* row = w + r * rb;
+      __m256 acc[MAX_M];
+      for (int i = 0; i < m; ++i) acc[i] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < k / 256; ++j) {
+        _mm_prefetch((const char*)row + (j + 1) * bb, _MM_HINT_T0);
+        decode_superblock<T>(row + j * bb, s);
+        for (int i = 0; i < m; ++i) {
+          const float* xi = x + i * k + 256 * j;
+          __m256 a0 = acc[i], a1 = _mm256_setzero_ps();
+          for (int v = 0; v < 32; v += 2) {
+            a0 = _mm256_fmadd_ps(_mm256_load_ps(s.y + 8 * v), _mm256_loadu_ps(xi + 8 * v), a0);
+            a1 = _mm256_fmadd_ps(_mm256_load_ps(s.y + 8 * v + 8), _mm256_loadu_ps(xi + 8 * v + 8), a1);
+          }
+          acc[i] = _mm256_add_ps(a0, a1);
+        }
+      }
+      for (int i = 0; i < m; ++i) y[i * n + r] = hsum(acc[i]);
+    }
+  });
+}
+
 void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
-  TORCH_CHECK(k % 32 == 0, "row length must be a multiple of 32");
+  TORCH_CHECK(k % (type >= Q4_K ? 256 : 32) == 0, "row length must be a multiple of the block size");
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
 
@@ -532,6 +662,39 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return y.view(out_shape);
+}
+
+
+// x: float32 [..., K] (a few rows); w: a Q4_K / Q5_K / Q6_K weight's bytes (N rows). Returns [..., N].
+torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
+  auto out_shape = x.sizes().vec();
+  const int64_t k = out_shape.back();
+  out_shape.back() = n;
+  x = x.contiguous().view({-1, k});
+  const int64_t m = x.size(0);
+  TORCH_CHECK(m <= MAX_M, "gemm_kquant takes at most ", MAX_M, " rows");
+  check(w, type, n, k);
+  auto y = torch::empty({m, n}, x.options());
+  switch (type) {
+    case Q4_K: gemm_kquant<Q4_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
+    case Q5_K: gemm_kquant<Q5_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
+    case Q6_K: gemm_kquant<Q6_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
+  }
+  return y.view(out_shape);
+}
+
+void dequant_kquant(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
+  check(w, type, n, k);
+  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "rows out of range");
+  TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.numel() == (r1 - r0) * k, "out must be float32 [r1 - r0, k]");
+  switch (type) {
+    case Q4_K: dequant_kquant_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q5_K: dequant_kquant_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q6_K: dequant_kquant_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
+  }
 }
 
 // ---- Small fused float32 ops of a decode step -----------------------------------------
@@ -793,6 +956,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
+  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W in Q4_K / Q5_K / Q6_K (few rows of x)", nogil);
+  m.def("dequant_kquant", &dequant_kquant, "decode rows of a Q4_K / Q5_K / Q6_K weight to float32", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
   m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
