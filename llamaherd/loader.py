@@ -149,9 +149,10 @@ def _as_f16(tensor: torch.Tensor) -> torch.Tensor | None:
     None: other dtypes, or bf16 values beyond fp16's range."""
     if tensor.dtype not in (torch.float16, torch.bfloat16):
         return None
-    if tensor.dtype == torch.bfloat16 and tensor.numel() and float(tensor.abs().max()) >= 65504:
-        return None
-    return tensor.to(torch.float16).contiguous()
+    f16 = tensor.to(torch.float16).contiguous()
+    if tensor.dtype == torch.bfloat16 and bool(f16.isinf().any()) and not bool(tensor.isinf().any()):
+        return None  # values past 65504 rounded to infinity
+    return f16
 
 
 def _check_shape(checkpoint, name: str, shape, expected) -> None:

@@ -121,3 +121,20 @@ def test_16bit_weights_stay_16bit_and_give_the_float32_answers(converted):
     assert all(m.raw.numel() == 2 * m.in_features * m.out_features for m in linears)
     ids = list(range(5, 40))
     assert (llm.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-5
+
+
+def test_a_bf16_weight_beyond_fp16_range_stays_float32(tmp_path):
+    from torch import nn
+
+    from llamaherd.quant.gguf_linear import GGUFLinear
+
+    meta_dir = write_meta_checkpoint(tmp_path / "big", tiny_params(n_heads=4))
+    shard = torch.load(meta_dir / "consolidated.00.pth")  # our own file, written just above
+    shard["layers.0.feed_forward.w2.weight"][0, 0] = 1e5  # past fp16's 65504
+    torch.save(shard, meta_dir / "consolidated.00.pth")
+    llm, plain = llamaherd.load(meta_dir), llamaherd.load(meta_dir, quantize="float")
+    w2 = llm.model.layers[0].feed_forward.w2
+    assert isinstance(w2, nn.Linear) and w2.weight.dtype == torch.float32 and w2.weight[0, 0] > 65504
+    assert isinstance(llm.model.layers[1].feed_forward.w2, GGUFLinear)
+    ids = list(range(5, 30))
+    assert (llm.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-5
