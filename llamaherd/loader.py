@@ -8,8 +8,8 @@ How Linear weights are held (`quantize`):
     encoding and run on the GGUF kernels (quant/gguf_linear.py): memory-mapped as they
     are, or repacked once for the integer kernels (then the file's pages are let go, and
     q/k/v and w1/w3 share one product each). On the CPU at float32, the 16-bit Linear
-    weights of Meta and Hugging Face checkpoints stay 16-bit the same way (F16, products
-    in float32): a 7B model takes 13.5 GB, not 27, and decodes twice as fast. bf16
+    weights of Meta and Hugging Face checkpoints (and GGUF BF16 ones) stay 16-bit the same
+    way (F16, products in float32): a 7B model takes 13.5 GB, not 27, and decodes twice as fast. bf16
     becomes fp16 on the way, exact for |w| >= 2^-14 (fp16's normal range).
     `int8_activations` picks llama.cpp's rounding of activations for the integer kernels
     (one int8 term instead of three; see quant/gguf_linear.py).
@@ -80,7 +80,10 @@ def build_model(
             raw = checkpoint.file.raw(info.name)
             n, k = info.shape
             if isinstance(module, nn.Linear):  # packed (and fused) below, once all are known
-                linear = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
+                ggml_type = info.ggml_type
+                if ggml_type == GGMLType.BF16 and (f16 := _as_f16(raw.view(torch.bfloat16).view(n, k))) is not None:
+                    raw, ggml_type = f16.view(torch.uint8).reshape(-1), GGMLType.F16  # the F16 kernels, as below
+                linear = GGUFLinear(raw, ggml_type, n, k, pack=False)
                 linear.int8_activations = int8_activations
                 file_tensors[linear] = info.name
                 model.set_submodule(module_name, linear)

@@ -78,14 +78,21 @@ def write_gguf_from_hf(model, path: Path, dtype: str = "f32") -> Path:
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
 
-    np_dtype = {"f32": np.float32, "f16": np.float16}[dtype]
+    def add_weight(name: str, t: np.ndarray) -> None:
+        if t.ndim == 1 or dtype == "f32":
+            w.add_tensor(name, t.astype(np.float32))
+        elif dtype == "f16":
+            w.add_tensor(name, t.astype(np.float16))
+        else:  # bf16: gguf's own rounding, stored as raw blocks
+            w.add_tensor(name, gguf.quants.quantize(t, gguf.GGMLQuantizationType.BF16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     names = {
         "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
     }
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"].astype(np_dtype))
+    add_weight("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
         for hf, gg in names.items():
             t = sd[f"model.layers.{i}.{hf}.weight"]
@@ -93,10 +100,10 @@ def write_gguf_from_hf(model, path: Path, dtype: str = "f32") -> Path:
                 t = hf_permute(t, cfg.num_attention_heads)
             elif gg == "attn_k":
                 t = hf_permute(t, cfg.num_key_value_heads)
-            w.add_tensor(f"blk.{i}.{gg}.weight", t.astype(np.float32 if t.ndim == 1 else np_dtype))
+            add_weight(f"blk.{i}.{gg}.weight", t)
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     if not cfg.tie_word_embeddings:
-        w.add_tensor("output.weight", sd["lm_head.weight"].astype(np_dtype))
+        add_weight("output.weight", sd["lm_head.weight"])
     factors = llama3_rope_factors(model)
     if factors is not None:
         w.add_tensor("rope_freqs.weight", factors)

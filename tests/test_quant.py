@@ -224,3 +224,22 @@ def test_gguf_q8_0_file_keeps_blocks_and_matches_float(tmp_path):
     assert isinstance(fast.model.layers[0].attention.wq, GGUFLinear)
     ids = list(range(3, 30))
     assert (fast.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-4
+
+
+def test_gguf_bf16_file_runs_on_the_f16_kernels_with_transformers_answers(tmp_path):
+    """BF16 GGUF weights become fp16 (exact in fp16's normal range) on the F16 path; the logits
+    are those of transformers with the same bf16-rounded weights in float32."""
+    from tests.hf_models import write_gguf_from_hf as write
+
+    hf = random_hf_llama(seed=8, num_attention_heads=4, num_key_value_heads=2, hidden_size=64, intermediate_size=128)
+    path = write(hf, tmp_path / "bf16.gguf", dtype="bf16")
+    llm = llamaherd.load(path)
+    linears = [m for m in llm.model.modules() if isinstance(m, GGUFLinear)]
+    assert linears and all(m.ggml_type == int(Q.F16) for m in linears)
+    with torch.no_grad():  # the reference: transformers on the weights as the file holds them
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.copy_(p.to(torch.bfloat16).float())
+        ids = list(range(3, 30))
+        expected = hf(torch.tensor([ids])).logits[0]
+    assert (llm.logits(ids) - expected).abs().max().item() < 1e-4
