@@ -436,14 +436,13 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 
 // ---- k-quants: Q4_K, Q5_K, Q6_K ------------------------------------------------------
 //
-// A 256-value super-block is decoded at a time, first to small integers q[256] with a
-// scale and a minimum per 16 values (unpacking bytes, which the compiler vectorizes), then
-// y = scale * q - min with vectors: the same float operations, in the same order, as GGML's
-// dequantize_row_q*_K, so the floats are identical. The decoded block lives in L1; products
-// multiply it with each row of x. Weights stay as the file has them (memory-mapped).
+// A 256-value super-block is unpacked at a time to small integers q[256] with a scale and
+// a minimum per 16 values (in L1). For BLAS runs they become y = scale * q - min: the same
+// float operations, in the same order, as GGML's dequantize_row_q*_K, so the floats are
+// identical; products with a few rows of x use the integers directly (gemm_kquant_tile).
+// Weights stay as the file has them (memory-mapped).
 
 struct SuperBlock {
-  alignas(32) float y[256];
   int8_t q[256];
   float scale[16], min[16];
 };
@@ -459,8 +458,9 @@ inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
   }
 }
 
+// With y, also the floats: y[0 .. 256) = scale * q - min.
 template <int64_t T>
-inline void decode_superblock(const uint8_t* b, SuperBlock& s, bool floats = true) {
+inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullptr) {
   if constexpr (T == Q4_K || T == Q5_K) {
     // d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]
     const float d = half(b), dmin = half(b + 2);
@@ -506,13 +506,13 @@ inline void decode_superblock(const uint8_t* b, SuperBlock& s, bool floats = tru
       }
     }
   }
-  if (!floats) return;
+  if (y == nullptr) return;
   for (int g = 0; g < 16; ++g) {  // y = scale * q - min, 16 values per scale
     const __m256 sc = _mm256_set1_ps(s.scale[g]), mn = _mm256_set1_ps(s.min[g]);
     for (int h = 0; h < 2; ++h) {
       const int i = 16 * g + 8 * h;
       const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(s.q + i))));
-      _mm256_store_ps(s.y + i, _mm256_sub_ps(_mm256_mul_ps(sc, q), mn));
+      _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_mul_ps(sc, q), mn));
     }
   }
 }
@@ -524,10 +524,7 @@ void dequant_kquant_rows(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, fl
   at::parallel_for(r0, r1, 8, [&](int64_t a, int64_t e) {
     SuperBlock s;
     for (int64_t r = a; r < e; ++r)
-      for (int64_t j = 0; j < k / 256; ++j) {
-        decode_superblock<T>(w + r * rb + j * bb, s);
-        std::memcpy(out + (r - r0) * k + 256 * j, s.y, sizeof(s.y));
-      }
+      for (int64_t j = 0; j < k / 256; ++j) decode_superblock<T>(w + r * rb + j * bb, s, out + (r - r0) * k + 256 * j);
   });
 }
 
@@ -551,7 +548,7 @@ void gemm_kquant_tile(const float* x, const float* xsum, const uint8_t* w, int64
       _mm_prefetch((const char*)row + (j + 1) * bb, _MM_HINT_T0);
       _mm_prefetch((const char*)row + (j + 1) * bb + 64, _MM_HINT_T0);
       _mm_prefetch((const char*)row + (j + 1) * bb + 128, _MM_HINT_T0);
-      decode_superblock<T>(row + j * bb, s, false);
+      decode_superblock<T>(row + j * bb, s);
       for (int g = 0; g < 16; ++g) {
         const __m128i q16 = _mm_loadu_si128((const __m128i*)(s.q + 16 * g));
         const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q16));
