@@ -9,7 +9,7 @@ from gguf import quants
 
 import llamaherd
 from llamaherd.quant.ggml_dequant import dequantize
-from llamaherd.quant.gguf_linear import NATIVE_KQUANTS, PACKED_TYPES, GGUFEmbedding, GGUFLinear
+from llamaherd.quant.gguf_linear import DECODE_ROWS, NATIVE_KQUANTS, PACKED_TYPES, GGUFEmbedding, GGUFLinear
 from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
@@ -67,6 +67,15 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
         assert torch.equal(part, w_float.float()[3:21])
     else:
         assert (layer(x).double() - expected).abs().max().item() < tol
+        if TYPES[name] in NATIVE_KQUANTS and native() is not None and rows <= DECODE_ROWS:
+            # k-quants multiply in integers too, x carried by int8 blocks of 256 (GGML's Q8_K),
+            # except the minimums' share (Q4_K, Q5_K), which takes x's float sums
+            mins = kquant_minimums(raw, TYPES[name], n, k)
+            for int8_activations, terms in ((True, 1), (False, 3)):
+                layer.int8_activations = int8_activations
+                reference = int8_terms(x, terms, 256) @ (w_float + mins).t() - x.double() @ mins.t()
+                assert (layer(x).double() - reference).abs().max().item() < tol
+            layer.int8_activations = False
         if TYPES[name] in NATIVE_KQUANTS and native() is not None:  # decoded exactly as gguf decodes them
             part = torch.empty(min(n, 21) - 3, k)
             native().dequant_kquant(raw, int(TYPES[name]), n, k, 3, min(n, 21), part)
@@ -103,22 +112,34 @@ def test_concat_equals_separate_layers(name):
     assert GGUFLinear.concat([GGUFLinear(raws[0], int(TYPES[name]), 64, k, pack=False), odd]) is None
 
 
-def int8_terms(x: torch.Tensor, terms: int) -> torch.Tensor:
-    """x as the packed kernels carry it (float64): int8 roundings, each of what the ones before
+def kquant_minimums(raw: torch.Tensor, qtype, n: int, k: int) -> torch.Tensor:
+    """The minimums' share of a k-quant weight (float64 [n, k]): gguf's decode of the same
+    blocks with every quant set to 0 is -dmin * m per value (0 for Q6_K, which has none)."""
+    if qtype == Q.Q6_K:
+        return torch.zeros(n, k, dtype=torch.float64)
+    block, quants_at = {Q.Q4_K: (144, 16), Q.Q5_K: (176, 16)}[qtype]
+    zeroed = raw.numpy().reshape(-1, block).copy()
+    zeroed[:, quants_at:] = 0  # Q5_K: the fifth bits too
+    return -torch.from_numpy(quants.dequantize(zeroed.reshape(n, -1), qtype)).double()
+
+
+def int8_terms(x: torch.Tensor, terms: int, block: int = 32) -> torch.Tensor:
+    """x as the integer kernels carry it (float64): int8 roundings, each of what the ones before
     missed (the remainder computed in float32, as the kernel does)."""
     total, rest = 0, x
     for _ in range(terms):
-        term = q8_blocks(rest)
+        term = q8_blocks(rest, block)
         total = total + term
         rest = rest - term.float()
     return total
 
 
-def q8_blocks(x: torch.Tensor) -> torch.Tensor:
-    """x as the native kernel rounds it for Q4_0 (float64), after checking that rounding:
-    per 32-value block, scale d = max|x| / 127 and q = round(x / d) in [-127, 127]."""
-    q, d = native().quantize_q8(x)
-    blocks = x.double().view(x.shape[0], -1, 32)
+def q8_blocks(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """x as the native kernels round it (float64), after checking that rounding: per block of
+    values (32 for the packed types, 256 for k-quants), scale d = max|x| / 127 and
+    q = round(x / d) in [-127, 127]."""
+    q, d = native().quantize_q8(x, block)
+    blocks = x.double().view(x.shape[0], -1, block)
     d_ref = blocks.abs().amax(-1) / 127
     assert torch.allclose(d.double(), d_ref, rtol=1e-6, atol=0)
     assert q.abs().max() <= 127

@@ -20,8 +20,9 @@ Nothing is decoded to float32 at load time. Products are computed
     The loader then lets go of the file's pages, so the weight is held once.
   * F16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by decoding a run of rows into a scratch buffer for BLAS.
-  * Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, each weight row decoded
-    one 256-value super-block at a time into L1 and multiplied with a few rows of x; for
+  * Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, a 256-value super-block
+    at a time, in integers with a few rows of x carried by int8 terms as above but with one
+    scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
     many rows, runs of rows decoded to float32 for BLAS.
   * other types, or without the native kernels (no compiler, not x86-64 AVX2, CUDA): on
     the memory-mapped bytes, decoding a run of rows at a time to float32 with the torch
@@ -129,7 +130,7 @@ class GGUFLinear(nn.Module):
             if ext is not None and self.ggml_type == GGMLType.F16 and flat.shape[0] <= DECODE_ROWS:
                 y = ext.gemm_f16(flat, self.raw, self.out_features)
             elif ext is not None and self.ggml_type in NATIVE_KQUANTS and flat.shape[0] <= DECODE_ROWS:
-                y = ext.gemm_kquant(flat, self.raw, self.ggml_type, self.out_features)
+                y = ext.gemm_kquant(flat, self.raw, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
             else:
                 y = self._blas(flat, ext)
         return y.view(*x.shape[:-1], self.out_features)

@@ -3,8 +3,9 @@
 //   * F16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
-//   * Q4_K, Q5_K, Q6_K: decoded a 256-value super-block at a time (into L1 for products
-//     with a few rows of x, or runs of rows to float32 for BLAS), exactly as GGML decodes them.
+//   * Q4_K, Q5_K, Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
+//     integers with a few rows of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded
+//     to float32 for BLAS (prefill) exactly as GGML decodes them.
 //   * Q4_0, Q4_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
 //     (pack(), described below) and packed_gemm() multiplies it in integers with x rounded to
 //     int8 blocks, for any number of rows of x. Results equal "dequantize W, round x to its
@@ -101,30 +102,30 @@ void gemm_f16(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n,
 
 // --- int8-rounded activations -----------------------------------------------------------
 
-// x [m, k] -> int8 values q [m, k] and one float scale per 32-block d [m, k/32]: x ~ d * q.
-void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d) {
+// x [m, k] -> int8 values q [m, k] and one float scale per block of `block` values (32 or
+// 256), d [m, k/block]: x ~ d * q.
+void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d, int64_t block = 32) {
   const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-  for (int64_t i = 0; i < m * k / 32; ++i) {
-    const float* xb = x + 32 * i;
-    __m256 v[4], amax = _mm256_setzero_ps();
-    for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_loadu_ps(xb + 8 * j);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[j]));
-    }
+  for (int64_t i = 0; i < m * k / block; ++i) {
+    const float* xb = x + block * i;
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t j = 0; j < block; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(xb + j)));
     __m128 mx = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
     mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
     const float scale = _mm_cvtss_f32(mx) / 127.f;
     d[i] = scale;
     const __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
-    __m256i r[4];
-    for (int j = 0; j < 4; ++j)  // round half to even, as torch.round does
-      r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    // pack 4 x 8 int32 -> 32 int8 in order (packs work within 128-bit lanes: fix the order after)
-    __m256i p16a = _mm256_packs_epi32(r[0], r[1]), p16b = _mm256_packs_epi32(r[2], r[3]);
-    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i*)(q + 32 * i), p8);
+    for (int64_t c = 0; c < block; c += 32) {
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j)  // round half to even, as torch.round does
+        r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + c + 8 * j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      // pack 4 x 8 int32 -> 32 int8 in order (packs work within 128-bit lanes: fix the order after)
+      __m256i p16a = _mm256_packs_epi32(r[0], r[1]), p16b = _mm256_packs_epi32(r[2], r[3]);
+      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256((__m256i*)(q + block * i + c), p8);
+    }
   }
 }
 
@@ -299,7 +300,7 @@ void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r
     }
   });
 }
-// x rounded to int8 blocks: q [m, k], scale d [m, k/32] and block sums s [m, k/32].
+// x rounded to int8 blocks: q [m, k], scale d [m, k/block] and sums s [m, k/32] per 32 values.
 struct Q8Act {
   std::vector<int8_t> q;
   std::vector<float> d;
@@ -309,9 +310,11 @@ struct Q8Act {
 // Row i of x as `terms` rows of int8 blocks (rows terms*i ..): the first rounds x, each next
 // one rounds what the ones before missed (|x - first| <= d/2 per block, so the second's step
 // is <= d/254): two terms carry x to about 2^-15 of each block's largest value, three to 2^-22.
-Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms) {
-  const int64_t nb = k / 32, rows = m * terms;
-  Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nb), std::vector<int32_t>(rows * nb)};
+// Blocks of 32 values for the packed kernels; of 256 (one scale per k-quant super-block, as
+// GGML's Q8_K) for the k-quant ones.
+Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms, int64_t block = 32) {
+  const int64_t nb = k / 32, nd = k / block, rows = m * terms;
+  Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nd), std::vector<int32_t>(rows * nb)};
   at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> rest(k);
     for (int64_t r = r0; r < r1; ++r) {
@@ -319,10 +322,10 @@ Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms) {
       for (int64_t t = 0; t < terms; ++t) {
         const int64_t row = r * terms + t;
         int8_t* q = a.q.data() + row * k;
-        float* d = a.d.data() + row * nb;
-        quantize_rows_q8(src, 1, k, q, d);
+        float* d = a.d.data() + row * nd;
+        quantize_rows_q8(src, 1, k, q, d, block);
         if (t + 1 < terms) {  // what this term leaves for the next
-          for (int64_t i = 0; i < k; ++i) rest[i] = src[i] - d[i / 32] * float(q[i]);
+          for (int64_t i = 0; i < k; ++i) rest[i] = src[i] - d[i / block] * float(q[i]);
           src = rest.data();
         }
         for (int64_t b = 0; b < nb; ++b) {
@@ -436,11 +439,11 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 
 // ---- k-quants: Q4_K, Q5_K, Q6_K ------------------------------------------------------
 //
-// A 256-value super-block is unpacked at a time to small integers q[256] with a scale and
-// a minimum per 16 values (in L1). For BLAS runs they become y = scale * q - min: the same
-// float operations, in the same order, as GGML's dequantize_row_q*_K, so the floats are
-// identical; products with a few rows of x use the integers directly (gemm_kquant_tile).
-// Weights stay as the file has them (memory-mapped).
+// For BLAS runs a 256-value super-block is unpacked at a time to small integers q[256] with a
+// scale and a minimum per 16 values (in L1), then y = scale * q - min: the same float
+// operations, in the same order, as GGML's dequantize_row_q*_K, so the floats are identical.
+// Products with a few rows of x use the integers in registers (gemm_kquant_q8). Weights stay
+// as the file has them (memory-mapped).
 
 struct SuperBlock {
   int8_t q[256];
@@ -528,63 +531,110 @@ void dequant_kquant_rows(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, fl
   });
 }
 
-// y [m, n] = x [m, k] @ W^T for a few rows of x (decoding). Each weight row is unpacked one
-// super-block at a time (decode_superblock without its float pass) and, per 16 values, the
-// integers are converted once and dotted with every row of x: sum_g scale_g * (q_g . x_g)
-// - sum_g min_g * sum(x_g), the sums of x precomputed. Half the work of decoding to floats
-// first (measured 1.9 -> 0.9 ms on a 5632x2048 Q4_K); equal to x @ dequantize(W)^T up to
-// float rounding (~1e-7 relative).
-template <int64_t T, int M>
-void gemm_kquant_tile(const float* x, const float* xsum, const uint8_t* w, int64_t k, int64_t n0, int64_t n1,
-                      float* y, int64_t ldy) {
-  const int64_t rb = row_bytes(T, k), bb = row_bytes(T, 256);
-  SuperBlock s;
-  for (int64_t r = n0; r < n1; ++r) {
-    const uint8_t* row = w + r * rb;
-    __m256 acc[M];
-    float mins[M];
-    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps(), mins[i] = 0.f;
-    for (int64_t j = 0; j < k / 256; ++j) {
-      _mm_prefetch((const char*)row + (j + 1) * bb, _MM_HINT_T0);
-      _mm_prefetch((const char*)row + (j + 1) * bb + 64, _MM_HINT_T0);
-      _mm_prefetch((const char*)row + (j + 1) * bb + 128, _MM_HINT_T0);
-      decode_superblock<T>(row + j * bb, s);
-      for (int g = 0; g < 16; ++g) {
-        const __m128i q16 = _mm_loadu_si128((const __m128i*)(s.q + 16 * g));
-        const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q16));
-        const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q16, q16)));
-        const __m256 sc = _mm256_set1_ps(s.scale[g]);
-        for (int i = 0; i < M; ++i) {
-          const float* xi = x + i * k + 256 * j + 16 * g;
-          const __m256 t = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xi + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xi)));
-          acc[i] = _mm256_fmadd_ps(sc, t, acc[i]);
-          if constexpr (T != Q6_K) mins[i] += s.min[g] * xsum[i * (k / 16) + 16 * j + g];
-        }
-      }
-    }
-    for (int i = 0; i < M; ++i) y[i * ldy + r] = hsum(acc[i]) - mins[i];
-  }
-}
-
+// y [m, n] = x [m, k] @ W^T for a k-quant and a few rows of x, in integers, as GGML's
+// ggml_vec_dot_q*_K_q8_K: x rounded to int8 with one scale per 256 values (in `terms` terms,
+// quantize_act: three carry x to float32's precision), each weight sub-block of 32 multiplied
+// with it by byte multiply-adds (32 products an instruction, against 8 for floats: the float
+// kernel above is bound by its arithmetic), the sub-block scales applied in int16 multiply-
+// adds, so a super-block's products stay integers until one float multiply-add. The minimums'
+// share of Q4_K / Q5_K, - dmin * m_j * sum(x_j), uses x's float sums, once per row of x.
+// Each super-block is unpacked once, from the file's own bytes, for all rows of x.
 template <int64_t T>
-void gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
-  std::vector<float> xsum(m * (k / 16));  // sums of x per 16 values: the minimums' share
-  for (int64_t i = 0; i < m * (k / 16); ++i) {
+void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, int64_t terms, float* y) {
+  const int64_t nb = k / 32, nsb = k / 256, rows = m * terms;
+  const Q8Act a = quantize_act(x, m, k, terms, 256);
+  std::vector<float> xsum(m * nb);  // float sums of x per 32 values
+  for (int64_t i = 0; i < m * nb; ++i) {
     float t = 0.f;
-    for (int v = 0; v < 16; ++v) t += x[16 * i + v];
+    for (int v = 0; v < 32; ++v) t += x[32 * i + v];
     xsum[i] = t;
   }
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / row_bytes(T, k));
+  const int64_t rb = row_bytes(T, k), bb = row_bytes(T, 256);
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (rb * std::max<int64_t>(1, rows / 4)));
   at::parallel_for(0, n, grain, [&](int64_t n0, int64_t n1) {
-    switch (m) {
-      case 1: gemm_kquant_tile<T, 1>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 2: gemm_kquant_tile<T, 2>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 3: gemm_kquant_tile<T, 3>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 4: gemm_kquant_tile<T, 4>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 5: gemm_kquant_tile<T, 5>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 6: gemm_kquant_tile<T, 6>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      case 7: gemm_kquant_tile<T, 7>(x, xsum.data(), w, k, n0, n1, y, n); break;
-      default: gemm_kquant_tile<T, 8>(x, xsum.data(), w, k, n0, n1, y, n); break;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    std::vector<__m256> acc(rows);
+    // one super-block's weights, sub-block j in q[j] (unsigned; Q6_K: |q - 32|, its sign in
+    // sg[j]), and the sub-block scales as int16, one per pair of maddubs sums
+    __m256i q[8], sg[8], sc16[8];
+    for (int64_t r = n0; r < n1; ++r) {
+      const uint8_t* row = w + r * rb;
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int64_t sb = 0; sb < nsb; ++sb) {
+        const uint8_t* b = row + sb * bb;
+        for (int64_t off = 0; off < bb; off += 64) _mm_prefetch((const char*)b + PREFETCH_BYTES + off, _MM_HINT_T0);
+        float d;
+        __m256 mn;
+        if constexpr (T == Q4_K || T == Q5_K) {
+          uint32_t u[3];  // the 8 six-bit scales and minimums (scale_min_k4), 4 bytes at a time
+          std::memcpy(u, b + 4, 12);
+          const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
+          const uint32_t s47 = (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4);
+          const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
+          const __m128i scb = _mm_cvtsi64_si128(int64_t(uint64_t(s03) | uint64_t(s47) << 32));
+          const __m128i mnb = _mm_cvtsi64_si128(int64_t(uint64_t(m03) | uint64_t(m47) << 32));
+          d = half(b);
+          mn = _mm256_mul_ps(_mm256_set1_ps(half(b + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mnb)));
+          const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scb));  // scales as int16, both lanes
+          for (int j = 0; j < 8; ++j)
+            sc16[j] = _mm256_shuffle_epi8(s16, _mm256_set1_epi16(int16_t(0x0100 + 0x0202 * j)));
+          const uint8_t* ql = b + (T == Q5_K ? 48 : 16);
+          __m256i h;
+          if constexpr (T == Q5_K) h = _mm256_loadu_si256((const __m256i*)(b + 16));
+          const __m256i one = _mm256_set1_epi8(1);
+          for (int c = 0; c < 4; ++c) {  // sub-block 2c: the low nibbles of chunk c; 2c + 1: the high ones
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(ql + 32 * c));
+            q[2 * c] = _mm256_and_si256(v, low4);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            if constexpr (T == Q5_K) {  // + the fifth bits
+              q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c), one), 4));
+              q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c + 1), one), 4));
+            }
+          }
+        } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8, one per 16 values) | d
+          d = half(b + 208);
+          const __m128i s8 = _mm_loadu_si128((const __m128i*)(b + 192));
+          for (int j = 0; j < 8; ++j) {  // int16 scale 2j in the low 128-bit lane, 2j + 1 in the high one
+            const __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s8, _mm_setr_epi8(2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
+                                                                                        2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1)));
+            sc16[j] = s16;
+          }
+          const __m256i low2 = _mm256_set1_epi8(0x03), bias = _mm256_set1_epi8(32);
+          for (int half_ = 0; half_ < 2; ++half_) {  // as decode_superblock: 128 values, 4 runs of 32
+            const uint8_t* ql = b + 64 * half_;
+            const __m256i lo = _mm256_loadu_si256((const __m256i*)ql), hi = _mm256_loadu_si256((const __m256i*)(ql + 32));
+            const __m256i c = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * half_));
+            const __m256i lows[4] = {_mm256_and_si256(lo, low4), _mm256_and_si256(hi, low4),
+                                     _mm256_and_si256(_mm256_srli_epi16(lo, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hi, 4), low4)};
+            for (int t = 0; t < 4; ++t) {
+              const __m256i top = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(c, 2 * t), low2), 4);
+              const __m256i v = _mm256_sub_epi8(_mm256_or_si256(lows[t], top), bias);  // -32 .. 31
+              q[4 * half_ + t] = _mm256_sign_epi8(v, v);
+              sg[4 * half_ + t] = v;
+            }
+          }
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          const int8_t* xq = a.q.data() + i * k + 256 * sb;
+          __m256i isum = _mm256_setzero_si256();
+          for (int j = 0; j < 8; ++j) {
+            __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + 32 * j));
+            if constexpr (T == Q6_K) xv = _mm256_sign_epi8(xv, sg[j]);  // the weight's sign moved onto x
+            // pair sums <= 2 * 32 * 127 (Q6_K) or 2 * 31 * 128 fit int16; times a 6- or 8-bit scale,
+            // 8 sub-blocks of them fit int32
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xv), sc16[j]));
+          }
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d[i * nsb + sb]), acc[i]);
+        }
+        if constexpr (T != Q6_K)
+          for (int64_t i = 0; i < m; ++i)
+            acc[i * terms] = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(xsum.data() + i * nb + 8 * sb), acc[i * terms]);
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        __m256 t = acc[i * terms];
+        for (int64_t u = 1; u < terms; ++u) t = _mm256_add_ps(t, acc[i * terms + u]);
+        y[i * n + r] = hsum(t);
+      }
     }
   });
 }
@@ -697,8 +747,11 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
 
 
 // x: float32 [..., K] (a few rows); w: a Q4_K / Q5_K / Q6_K weight's bytes (N rows). Returns [..., N].
-torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
+// x: float32 [..., K] (a few rows); w: a Q4_K / Q5_K / Q6_K weight's bytes (N rows); x_terms:
+// 1 to 3 int8 terms per row of x (see gemm_kquant_q8). Returns [..., N].
+torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
+  TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
   auto out_shape = x.sizes().vec();
   const int64_t k = out_shape.back();
   out_shape.back() = n;
@@ -708,9 +761,9 @@ torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, i
   check(w, type, n, k);
   auto y = torch::empty({m, n}, x.options());
   switch (type) {
-    case Q4_K: gemm_kquant<Q4_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
-    case Q5_K: gemm_kquant<Q5_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
-    case Q6_K: gemm_kquant<Q6_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>()); break;
+    case Q4_K: gemm_kquant_q8<Q4_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
+    case Q5_K: gemm_kquant_q8<Q5_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
+    case Q6_K: gemm_kquant_q8<Q6_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
   }
   return y.view(out_shape);
@@ -987,17 +1040,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
-  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W in Q4_K / Q5_K / Q6_K (few rows of x)", nogil);
+  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W in Q4_K / Q5_K / Q6_K (few rows of x), x rounded to int8 terms", nogil);
   m.def("dequant_kquant", &dequant_kquant, "decode rows of a Q4_K / Q5_K / Q6_K weight to float32", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
   m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
-  m.def("quantize_q8", [](torch::Tensor x) {  // for tests: the int8 blocks gemm_packed multiplies
-    TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % 32 == 0, "x must be float32 [M, K], K % 32 == 0");
+  m.def("quantize_q8", [](torch::Tensor x, int64_t block) {  // for tests: the int8 blocks the kernels multiply
+    TORCH_CHECK(block == 32 || block == 256, "block must be 32 (gemm_packed) or 256 (gemm_kquant)");
+    TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % block == 0, "x must be float32 [M, K], K % block == 0");
     x = x.contiguous();
     auto q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
-    auto d = torch::empty({x.size(0), x.size(1) / 32}, x.options());
-    quantize_rows_q8(x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<int8_t>(), d.data_ptr<float>());
+    auto d = torch::empty({x.size(0), x.size(1) / block}, x.options());
+    quantize_rows_q8(x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<int8_t>(), d.data_ptr<float>(), block);
     return std::make_tuple(q, d);
-  }, "int8 blocks of 32 and their scales, as gemm_packed rounds x");
+  }, "int8 blocks and their scales, as gemm_packed (32) and gemm_kquant (256) round x", py::arg("x"), py::arg("block") = 32);
 }
