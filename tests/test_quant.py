@@ -1,6 +1,8 @@
 """Quantized Linear layers: GGUF blocks on the native kernels and torch fallbacks, and
 weight-only int8/int4 for float checkpoints, against plain float matmuls."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +155,22 @@ def test_native_kernels_build():
     if not llamaherd.quant.kernels._cpu_supports_avx2():
         pytest.skip("no AVX2/FMA/F16C: the torch fallback is used")
     assert native() is not None
+
+
+def test_old_kernel_builds_are_removed(tmp_path):
+    from llamaherd.quant import kernels
+
+    folders = [tmp_path / f"{kernels.NAME}-{i:016x}" for i in range(6)]
+    for age, folder in enumerate(folders):  # folders[0] newest ... folders[5] oldest
+        (folder / "sub").mkdir(parents=True)
+        os.utime(folder, (1e9 - age * 1000, 1e9 - age * 1000))
+    unrelated = tmp_path / "other_extension"
+    unrelated.mkdir()
+    os.utime(unrelated, (1, 1))
+    current = folders[3]  # just built (its mtime doesn't matter)
+    kernels._remove_old_builds(current)
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert kept == {current.name, folders[0].name, folders[1].name, unrelated.name}
 
 
 def test_gguf_embedding_decodes_only_rows():

@@ -5,7 +5,8 @@ no AVX2/FMA/F16C, not x86-64, or LLAMAHERD_NO_NATIVE=1); callers then fall back 
 pure-torch paths that give the same numbers more slowly. The build takes about a minute
 once per machine and torch version; it is cached where torch caches extensions
 ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), in a folder named by a hash of
-the source, the flags and the torch version. Later processes
+the source, the flags and the torch version (a new build removes all but the newest
+KEEP_BUILDS of those folders). Later processes
 import the cached library directly: asking torch's builder to check the build costs
 seconds of every start (time to first token), and even importing it (it imports
 setuptools) costs 0.3 s.
@@ -75,8 +76,23 @@ def native():
         from torch.utils.cpp_extension import load
 
         build_dir.mkdir(parents=True, exist_ok=True)
-        return load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                    build_directory=str(build_dir), verbose=False)
+        module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                      build_directory=str(build_dir), verbose=False)
+        _remove_old_builds(build_dir)
+        return module
     except Exception as e:  # no compiler or headers: fall back, but say so once
         warnings.warn(f"llamaherd: native kernels unavailable ({type(e).__name__}: {e}); using slower torch paths")
         return None
+
+
+KEEP_BUILDS = 3  # builds kept per cache folder: other versions (venvs, branches) reuse theirs
+
+
+def _remove_old_builds(current: Path) -> None:
+    """Each source change builds into a new folder: keep the newest few, remove the rest (a
+    process still using a removed library keeps its mapped copy)."""
+    import shutil
+
+    builds = sorted((p for p in current.parent.glob(f"{NAME}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in builds if p != current][KEEP_BUILDS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
