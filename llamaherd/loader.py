@@ -83,6 +83,7 @@ def build_model(
                 ggml_type = info.ggml_type
                 if ggml_type == GGMLType.BF16 and (f16 := _as_f16(raw.view(torch.bfloat16).view(n, k))) is not None:
                     raw, ggml_type = f16.view(torch.uint8).reshape(-1), GGMLType.F16  # the F16 kernels, as below
+                    checkpoint.release(name)
                 linear = GGUFLinear(raw, ggml_type, n, k, pack=False)
                 linear.int8_activations = int8_activations
                 file_tensors[linear] = info.name
@@ -99,11 +100,14 @@ def build_model(
         if quantize in QUANT_MODES and isinstance(module, nn.Linear):
             mode = _OUTPUT_MODE[quantize] if module_name == "output" else quantize
             model.set_submodule(module_name, quantize_linear(tensor.to(device), mode, group_size))
+            _release_if_copied(checkpoint, name, tensor, None)
             continue
         if keep_16bit and isinstance(module, nn.Linear) and (f16 := _as_f16(tensor)) is not None:
             model.set_submodule(module_name, GGUFLinear(f16.view(torch.uint8).reshape(-1), GGMLType.F16, *f16.shape, pack=False))
+            _release_if_copied(checkpoint, name, tensor, f16)
             continue
         state[name] = tensor.to(device=device, dtype=dtype)
+        _release_if_copied(checkpoint, name, tensor, state[name])
     model.load_state_dict(state, assign=True, strict=False)
     if quantize in QUANT_MODES and config.tie_embeddings:  # the output layer gets its own quantized copy
         model.output = quantize_linear(model.tok_embeddings.weight.float(), _OUTPUT_MODE[quantize], group_size)
@@ -145,6 +149,16 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
     for module in model.modules():
         if isinstance(module, GGUFLinear) and module.pack():
             packed([module])
+
+
+def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:
+    """The file's pages of `source` are not needed once what the model keeps is a copy (bf16
+    converted, float32 widened, quantized): let them go where the reader can (GGUF and
+    safetensors maps), so resident memory holds the weights once."""
+    release = getattr(checkpoint, "release", None)
+    if release is None or (kept is not None and kept.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()):
+        return
+    release(name)
 
 
 def _as_f16(tensor: torch.Tensor) -> torch.Tensor | None:

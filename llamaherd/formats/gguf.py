@@ -22,6 +22,7 @@ import torch
 from ..config import ModelConfig, RopeScaling
 from ..errors import FormatError
 from ..quant.ggml_types import BLOCK_GEOMETRY, GGMLType, type_name
+from .mapped import release_pages
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -264,14 +265,9 @@ class GGUFFile:
             return torch.from_numpy(array)
 
     def release(self, name: str) -> None:
-        """Drop this process's resident pages of a tensor whose bytes were copied elsewhere
-        (the whole pages inside it). Views stay valid: a later read faults the pages back in
-        from the page cache."""
+        """Let go of the resident pages of a tensor whose bytes were copied (mapped.release_pages)."""
         info = self.tensors[name]
-        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = (info.offset + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > start and hasattr(mmap, "MADV_DONTNEED"):
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+        release_pages(self._mmap, info.offset, info.nbytes)
 
     def close(self) -> None:
         # Views handed out keep the map alive through their buffer; closing then would fail.
@@ -383,6 +379,10 @@ class GGUFCheckpoint:
 
     def tensor_names(self) -> list[str]:
         return list(self._names)
+
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of a tensor the loader copied (GGUFFile.release)."""
+        self.file.release(self.tensor_info(name).name)
 
     def tensor_info(self, name: str) -> GGUFTensorInfo:
         return self.file.tensors[self._names[name]]

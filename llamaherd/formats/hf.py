@@ -138,6 +138,11 @@ class HFCheckpoint:
     def load(self, name: str) -> torch.Tensor:
         return self.load_raw(name).float()
 
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of a tensor the loader copied (SafetensorsFile.release)."""
+        f, hf = self._where[name]
+        f.release(hf)
+
     def stored_tensors(self) -> list[tuple[str, str, tuple[int, ...], int]]:
         return [(t.name, t.dtype, t.shape, t.nbytes) for f in self.files for t in f.tensors.values()]
 

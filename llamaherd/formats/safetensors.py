@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
+from .mapped import release_pages
 
 MAX_HEADER_BYTES = 100 * 1000 * 1000  # the reference implementation's limit
 HEADER_ALIGNMENT = 8
@@ -147,6 +148,11 @@ class SafetensorsFile:
             # numpy holds the buffer export, so the map cannot be closed under a live view.
             raw = torch.from_numpy(np.frombuffer(self._mmap, dtype=np.uint8, count=entry.nbytes, offset=entry.start))
         return raw.view(dtype).view(entry.shape)
+
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of a tensor whose bytes were copied (mapped.release_pages)."""
+        entry = self.tensors[name]
+        release_pages(self._mmap, entry.start, entry.nbytes)
 
     def close(self) -> None:
         try:
