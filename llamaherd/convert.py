@@ -4,7 +4,8 @@ GGUF file that llama.cpp loads, one tensor at a time.
 Tensors stay in llamaherd's canonical layout until the writer: the safetensors writer
 uses HF names and permutes wq/wk rows back to rotate-half order; the GGUF writer uses
 llama.cpp's names and keeps the interleaved order (GGUF's own). The tokenizer goes into
-the GGUF metadata the way llama.cpp's convert_hf_to_gguf.py puts it there.
+the GGUF metadata the way llama.cpp's convert_hf_to_gguf.py puts it there; out of a GGUF
+file into the folder as tokenizer.json or tokenizer.model (tokenizer/export.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .formats import open_checkpoint
 from .formats.hf import hf_name, to_rotate_half
 from .formats.safetensors import write_safetensors
 from .model import rope_frequencies
+from .tokenizer.export import write_tokenizer_files
 
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
 TORCH_TYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -136,12 +138,15 @@ def write_hf_dir(checkpoint, dst: Path, out_type: str, progress: bool) -> Path:
         write_safetensors(partial, entries, produce, metadata={"format": "pt"})
         partial.replace(dst / "model.safetensors")
     tokenizer = None
-    for f in tokenizer_files(checkpoint):
+    files = tokenizer_files(checkpoint)
+    for f in files:
         shutil.copyfile(f, dst / f.name)
     try:
         tokenizer = checkpoint.tokenizer()
     except (FormatError, OSError):
         pass
+    if not files and tokenizer is not None:  # GGUF: the vocabulary in its metadata, as files
+        write_tokenizer_files(tokenizer, dst)
     (dst / "config.json").write_text(json.dumps(hf_config_dict(config, out_type, tokenizer), indent=2))
     return dst
 

@@ -1,7 +1,10 @@
-"""`convert`: Meta -> safetensors -> GGUF round trips give the same logits, and the GGUF
-loads in llama.cpp (llama-cpp-python, when installed) with the same greedy tokens."""
+"""`convert`: Meta -> safetensors -> GGUF round trips give the same logits, the GGUF
+loads in llama.cpp (llama-cpp-python, when installed) with the same greedy tokens, and a
+GGUF's tokenizer leaves as files that the reference libraries encode as llama.cpp does."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,7 +12,12 @@ import torch
 import llamaherd
 from llamaherd.cli import main
 from llamaherd.convert import convert
+from llamaherd.formats.gguf import GGUFFile
+from llamaherd.tokenizer import tokenizer_from_gguf
+from llamaherd.tokenizer.export import write_tokenizer_files
+from llamaherd.tokenizer.files import tokenizer_from_dir
 from tests.checkpoints import tiny_params, write_meta_checkpoint
+from tests.test_tokenizer import read_vectors
 
 IDS = list(range(3, 60))
 
@@ -69,3 +77,49 @@ def test_llama_cpp_loads_the_gguf_and_agrees(meta_dir, tmp_path):
         theirs.append(int(token))
         cpp.eval([token])
     assert theirs == ours
+
+
+@pytest.mark.parametrize("name", ["spm", "bpe"])
+def test_gguf_tokenizer_written_as_files_encodes_llama_cpp_vectors(assets, tmp_path, name):
+    """The files are read back by the libraries that define them (sentencepiece for
+    tokenizer.model, tokenizers and transformers for tokenizer.json): all 46 of llama.cpp's
+    test vectors give llama.cpp's tokens."""
+    vocab = assets / "tokenizer-vectors" / f"ggml-vocab-llama-{name}.gguf"
+    with GGUFFile(vocab) as f:
+        tokenizer = tokenizer_from_gguf({k: v for k, v in f.metadata.items() if k.startswith("tokenizer.")}, str(vocab))
+    written = write_tokenizer_files(tokenizer, tmp_path)
+    assert {p.name for p in written} == {"tokenizer.model" if name == "spm" else "tokenizer.json", "tokenizer_config.json"}
+    if name == "spm":
+        import sentencepiece
+
+        reference = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model")).encode
+    else:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        hf = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+        reference = lambda text: hf.encode(text, add_special_tokens=False).ids
+        assert hf.encode("hi").ids[0] == tokenizer.bos_id  # BOS from the post-processor, as add_bos says
+    back = tokenizer_from_dir(tmp_path)
+    for text, expected in read_vectors(vocab):
+        assert reference(text) == expected, text
+        assert back.encode(text) == expected, text
+    assert (back.bos_id, back.eos_id, back.add_bos_token) == (tokenizer.bos_id, tokenizer.eos_id, tokenizer.add_bos_token)
+
+
+def test_gguf_to_safetensors_folder_keeps_the_tokenizer(smollm2_path, assets, tmp_path):
+    """SmolLM2's GGUF converted to a folder: llamaherd and transformers both tokenize it, chat
+    template included, as the GGUF's own tokenizer does."""
+    from transformers import AutoTokenizer
+
+    folder = convert(smollm2_path, tmp_path / "smollm2", to="safetensors", out_type="f16")
+    gguf_tok, folder_tok = llamaherd.load(smollm2_path).tokenizer, llamaherd.load(folder).tokenizer
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    text = (assets / "text" / "botchan" / "botchan.txt").read_text(encoding="utf-8")[:4000] + " Grüße 🦙 東京 12345"
+    assert folder_tok.encode(text) == gguf_tok.encode(text) == hf_tok.encode(text, add_special_tokens=False)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    assert folder_tok.encode_chat(messages) == gguf_tok.encode_chat(messages)
+    rendered = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == gguf_tok.apply_chat_template(messages)
+    assert hf_tok.encode(rendered, add_special_tokens=False) == gguf_tok.encode_chat(messages)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["eos_token"] == gguf_tok.id_to_piece(gguf_tok.eos_id)
