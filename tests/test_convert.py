@@ -87,6 +87,7 @@ def test_gguf_tokenizer_written_as_files_encodes_llama_cpp_vectors(assets, tmp_p
     vocab = assets / "tokenizer-vectors" / f"ggml-vocab-llama-{name}.gguf"
     with GGUFFile(vocab) as f:
         tokenizer = tokenizer_from_gguf({k: v for k, v in f.metadata.items() if k.startswith("tokenizer.")}, str(vocab))
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     written = write_tokenizer_files(tokenizer, tmp_path)
     assert {p.name for p in written} == {"tokenizer.model" if name == "spm" else "tokenizer.json", "tokenizer_config.json"}
     if name == "spm":
@@ -104,6 +105,7 @@ def test_gguf_tokenizer_written_as_files_encodes_llama_cpp_vectors(assets, tmp_p
         assert reference(text) == expected, text
         assert back.encode(text) == expected, text
     assert (back.bos_id, back.eos_id, back.add_bos_token) == (tokenizer.bos_id, tokenizer.eos_id, tokenizer.add_bos_token)
+    assert back.chat_template == tokenizer.chat_template
 
 
 def test_gguf_to_safetensors_folder_keeps_the_tokenizer(smollm2_path, assets, tmp_path):

@@ -27,9 +27,18 @@ def tokenizer_from_file(path: str | Path) -> Tokenizer:
 
 
 def tokenizer_from_dir(directory: str | Path) -> Tokenizer:
-    """tokenizer.json when present (it is what HF checkpoints are tested with), else tokenizer.model."""
+    """tokenizer.json when present (it is what HF checkpoints are tested with), else
+    tokenizer.model, with the chat template of tokenizer_config.json beside it."""
     directory = Path(directory)
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (directory / name).is_file():
-            return tokenizer_from_file(directory / name)
+    if (directory / "tokenizer.json").is_file():
+        return tokenizer_from_file(directory / "tokenizer.json")  # reads tokenizer_config.json itself
+    if (directory / "tokenizer.model").is_file():
+        tokenizer = tokenizer_from_file(directory / "tokenizer.model")
+        config = directory / "tokenizer_config.json"
+        if tokenizer.chat_template is None and config.is_file():
+            from ..formats.json_file import read_json_object
+
+            template = read_json_object(config).get("chat_template")
+            tokenizer.chat_template = template if isinstance(template, str) else None
+        return tokenizer
     raise FormatError(f"{directory}: no tokenizer.json or tokenizer.model")
