@@ -153,8 +153,8 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
 
 def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:
     """The file's pages of `source` are not needed once what the model keeps is a copy (bf16
-    converted, float32 widened, quantized): let them go where the reader can (GGUF and
-    safetensors maps), so resident memory holds the weights once."""
+    converted, float32 widened, quantized): let them go (GGUF, safetensors and .pth
+    maps), so resident memory holds the weights once."""
     release = getattr(checkpoint, "release", None)
     if release is None or (kept is not None and kept.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()):
         return

@@ -18,7 +18,9 @@ import torch
 
 import llamaherd
 from llamaherd.errors import FormatError
+from llamaherd.formats.meta import MetaCheckpoint
 from tests.checkpoints import SPM_MODEL, convert_with_transformers, tiny_params, write_meta_checkpoint
+from tests.resident import resident_kib
 
 VOCAB = 32000  # the converter's vocabulary when it is given no tokenizer
 CASES = {  # name -> (params, shards, seed)
@@ -138,3 +140,18 @@ def test_a_bf16_weight_beyond_fp16_range_stays_float32(tmp_path):
     assert isinstance(llm.model.layers[1].feed_forward.w2, GGUFLinear)
     ids = list(range(5, 30))
     assert (llm.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-5
+
+
+def test_release_drops_the_pages_of_a_copied_tensor(tmp_path):
+    """After the loader copied a tensor (bf16 -> fp16), its pages of the .pth map can go; the
+    view stays readable (from the page cache)."""
+    ckpt = MetaCheckpoint(write_meta_checkpoint(tmp_path / "m", tiny_params(dim=256, vocab_size=4096), seed=3))
+    view = ckpt.load_raw("tok_embeddings.weight")  # 4096 x 256 bf16: 2 MiB
+    expected = view.clone()
+    before = resident_kib(view.data_ptr())
+    if before is None:
+        pytest.skip("no /proc/self/smaps")
+    ckpt.release("tok_embeddings.weight")
+    assert before - resident_kib(view.data_ptr()) >= 2048 - 8  # less at most the partial pages at its ends
+    assert torch.equal(view, expected)
+    ckpt.release("norm.weight")  # small: inside one page, nothing whole to drop, no error

@@ -16,6 +16,7 @@ import llamaherd
 from llamaherd.errors import FormatError
 from llamaherd.formats.safetensors import SafetensorsFile, write_safetensors
 from tests.hf_models import random_hf_llama
+from tests.resident import resident_kib
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 SHAKESPEARE = ASSETS / "text" / "shakespeare"
@@ -163,23 +164,6 @@ def test_writer_output_reads_back(tmp_path):
         assert torch.equal(v, tensors[k])
 
 
-def _resident_kib(address: int) -> int | None:
-    """Rss of the mapping holding `address`, from /proc/self/smaps (None off Linux)."""
-    try:
-        lines = open("/proc/self/smaps").read().splitlines()
-    except OSError:
-        return None
-    inside = False
-    for line in lines:
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            lo, hi = (int(v, 16) for v in head.split("-"))
-            inside = lo <= address < hi
-        elif inside and head == "Rss:":
-            return int(line.split()[1])
-    return None
-
-
 def test_release_drops_a_copied_tensors_pages_and_keeps_views_valid(tmp_path):
     big = torch.randn(1024, 1024).to(torch.bfloat16)  # 2 MiB: whole pages inside
     tensors = {"small": torch.randn(3), "big": big}
@@ -188,11 +172,11 @@ def test_release_drops_a_copied_tensors_pages_and_keeps_views_valid(tmp_path):
     f = SafetensorsFile(path)
     view = f.tensor("big")
     assert torch.equal(view, big)  # every page read: resident
-    before = _resident_kib(view.data_ptr())
+    before = resident_kib(view.data_ptr())
     if before is None:
         pytest.skip("no /proc/self/smaps")
     f.release("big")
-    after = _resident_kib(view.data_ptr())
+    after = resident_kib(view.data_ptr())
     assert before - after >= 2048 - 8  # the 2 MiB less at most the partial pages at its ends
     assert torch.equal(view, big)  # read again from the page cache
 

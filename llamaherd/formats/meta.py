@@ -142,6 +142,12 @@ class MetaCheckpoint:
     def load(self, name: str) -> torch.Tensor:
         return self.load_raw(name).float()
 
+    def release(self, name: str) -> None:
+        """Let go of the resident pages of a tensor the loader copied, in every shard."""
+        for archive, shard in zip(self._archives, self._shards):
+            if name in shard:
+                archive.release(shard[name])
+
     def stored_tensors(self) -> list[tuple[str, str, tuple[int, ...], int]]:
         out = []
         for name in self.tensor_names():

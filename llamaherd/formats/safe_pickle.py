@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, UnsafeCheckpointError
+from .mapped import release_pages
 
 MAX_PICKLE_BYTES = 256 << 20  # a state dict's pickle is kilobytes; refuse anything absurd
 
@@ -240,6 +241,15 @@ class TorchArchive:
         # (torch.frombuffer lets go of it, and a closed map would then crash on access).
         raw = torch.from_numpy(np.frombuffer(self._mmap, dtype=np.uint8, count=info.file_size, offset=start))
         return _Storage(key, dtype, raw.view(dtype))
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Let go of the resident pages of the storage under `tensor`, read from this archive
+        and since copied (mapped.release_pages); a tensor from elsewhere is left alone."""
+        base = np.frombuffer(self._mmap, dtype=np.uint8).ctypes.data
+        storage = tensor.untyped_storage()
+        start = storage.data_ptr() - base
+        if 0 <= start and start + storage.nbytes() <= len(self._mmap):
+            release_pages(self._mmap, start, storage.nbytes())
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where the member's bytes start: after its local header, whose lengths may differ
