@@ -31,11 +31,11 @@ MODEL = "/work/shared/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Types gguf can quantize (so we test on real quantizer output) and types it can only
 # decode (k-quants: we test on random block bytes with sane fp16 scales).
 QUANTIZABLE = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1]
-K_QUANTS = [QT.Q4_K, QT.Q5_K, QT.Q6_K]
+K_QUANTS = [QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 EXACT = {QT.F32, QT.F16, QT.BF16}
 
 # Byte offsets of the fp16 super-block scales (d, and dmin where present) in k-quant blocks.
-K_FP16_OFFSETS = {QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+K_FP16_OFFSETS = {QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -114,10 +114,12 @@ def test_k_quant_many_blocks(qtype: QT) -> None:
     of sub-blocks 4-7, takes every value 0..63 somewhere."""
     shape = (64, 2048)  # 512 super-blocks
     raw = encode(qtype, shape, _rng(2))
-    if qtype != QT.Q6_K:
-        blocks = torch.from_numpy(raw).view(-1, gguf.GGML_QUANT_SIZES[qtype][1])
+    blocks = torch.from_numpy(raw).view(-1, gguf.GGML_QUANT_SIZES[qtype][1])
+    if qtype in (QT.Q4_K, QT.Q5_K):
         for field in ggml_dequant._k4_scales_mins(blocks[:, 4:16]):
             assert set(field[:, 4:].unique().tolist()) == set(range(64))
+    if qtype == QT.Q3_K:
+        assert set(ggml_dequant._k3_scales(blocks[:, 96:108]).unique().tolist()) == set(range(-32, 32))
     ours = dequantize(torch.from_numpy(raw), int(qtype), shape)
     check(ours, reference(raw, qtype, shape), qtype)
 
@@ -172,8 +174,8 @@ def test_wrong_byte_count(delta: int) -> None:
 
 
 def test_unsupported_type() -> None:
-    with pytest.raises(ValueError, match="Q2_K"):
-        dequantize(torch.zeros(84, dtype=torch.uint8), int(QT.Q2_K), (256,))
+    with pytest.raises(ValueError, match="type 16"):  # IQ2_XXS
+        dequantize(torch.zeros(66, dtype=torch.uint8), int(QT.IQ2_XXS), (256,))
     with pytest.raises(ValueError, match="type 99"):
         dequantize(torch.zeros(4, dtype=torch.uint8), 99, (1,))
 

@@ -16,11 +16,13 @@ from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
+TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1,
+         "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
 # k-quant super-blocks (256 values): byte offsets of their fp16 scale fields
-_K_SCALE_FIELDS = {Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)), Q.Q6_K: (210, (208,))}
+_K_SCALE_FIELDS = {Q.Q2_K: (84, (80, 82)), Q.Q3_K: (110, (108,)), Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)),
+                   Q.Q6_K: (210, (208,))}
 
 
 def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
@@ -116,12 +118,12 @@ def test_concat_equals_separate_layers(name):
 
 def kquant_minimums(raw: torch.Tensor, qtype, n: int, k: int) -> torch.Tensor:
     """The minimums' share of a k-quant weight (float64 [n, k]): gguf's decode of the same
-    blocks with every quant set to 0 is -dmin * m per value (0 for Q6_K, which has none)."""
-    if qtype == Q.Q6_K:
+    blocks with every quant set to 0 is -dmin * m per value (0 for Q3_K and Q6_K, which have none)."""
+    if qtype in (Q.Q3_K, Q.Q6_K):
         return torch.zeros(n, k, dtype=torch.float64)
-    block, quants_at = {Q.Q4_K: (144, 16), Q.Q5_K: (176, 16)}[qtype]
+    block, quant_bytes = {Q.Q2_K: (84, slice(16, 80)), Q.Q4_K: (144, slice(16, None)), Q.Q5_K: (176, slice(16, None))}[qtype]
     zeroed = raw.numpy().reshape(-1, block).copy()
-    zeroed[:, quants_at:] = 0  # Q5_K: the fifth bits too
+    zeroed[:, quant_bytes] = 0  # Q5_K: the fifth bits too
     return -torch.from_numpy(quants.dequantize(zeroed.reshape(n, -1), qtype)).double()
 
 

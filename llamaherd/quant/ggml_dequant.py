@@ -267,7 +267,47 @@ def _decode_q6_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     sub.sub_(32).mul_(scale)
 
 
+def _k2_quants(qs: torch.Tensor) -> torch.Tensor:
+    """Q2_K/Q3_K's qs[64] -> 2-bit quants 0..3 as [n, 256] in value order: value
+    128h + 32j + l is bits 2j..2j+1 of qs[32h + l]."""
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(4, 1)
+    return ((qs.unflatten(-1, (2, 1, 32)) >> shifts) & 3).flatten(-3)
+
+
+def _decode_q2_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    # block_q2_K = {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}; value = d*sc * q - dmin*m,
+    # scale and min (low and high nibble of scales[g]) per 16 consecutive values g.
+    d = _f16(blocks[..., 80:82]).float().unsqueeze(-1)
+    dmin = _f16(blocks[..., 82:84]).float().unsqueeze(-1)
+    scales = blocks[..., 0:16]
+    sub = out.view(-1, 16, 16)
+    sub.copy_(_k2_quants(blocks[..., 16:80]).view(-1, 16, 16))
+    sub.mul_((d * (scales & 0xF)).unsqueeze(-1)).sub_((dmin * (scales >> 4)).unsqueeze(-1))
+
+
+def _k3_scales(packed: torch.Tensor) -> torch.Tensor:
+    """Q3_K's 12 bytes -> 16 six-bit scales (less 32): scale g's low 4 bits are the low
+    (g < 8) or high (g >= 8) nibble of byte g % 8, its top 2 bits bits 2(g // 4) of byte
+    8 + g % 4."""
+    low = torch.cat((packed[..., 0:8] & 0xF, packed[..., 0:8] >> 4), dim=-1)
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(4, 1)
+    high = ((packed[..., 8:12].unsqueeze(-2) >> shifts) & 3).flatten(-2)
+    return (low | (high << 4)).to(torch.int16) - 32
+
+
+def _decode_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    # block_q3_K = {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}; value = d*sc * (q - 4 * (1 - h)),
+    # h: bit 4h' + j of hmask[l] for value 128h' + 32j + l; one scale per 16 values.
+    d = _f16(blocks[..., 108:110]).float().unsqueeze(-1)
+    high = _bits(blocks[..., 0:32]).unflatten(-1, (32, 8)).transpose(-1, -2).flatten(-2)  # [n, 256]
+    sub = out.view(-1, 16, 16)
+    sub.copy_((_k2_quants(blocks[..., 32:96]).to(torch.int16) - 4 + 4 * high.to(torch.int16)).view(-1, 16, 16))
+    sub.mul_((d * _k3_scales(blocks[..., 96:108])).unsqueeze(-1))
+
+
 _BLOCK_DECODERS: dict[GGMLType, Callable[[torch.Tensor, torch.Tensor], None]] = {
+    GGMLType.Q2_K: _decode_q2_k,
+    GGMLType.Q3_K: _decode_q3_k,
     GGMLType.Q8_0: _decode_q8_0,
     GGMLType.Q4_0: _decode_q4_0,
     GGMLType.Q4_1: _decode_q4_1,

@@ -41,6 +41,8 @@ BLOCK_GEOMETRY: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q5_0: (32, 2 + 4 + 16),
     GGMLType.Q5_1: (32, 2 + 2 + 4 + 16),
     GGMLType.Q8_0: (32, 2 + 32),
+    GGMLType.Q2_K: (256, 16 + 64 + 2 + 2),
+    GGMLType.Q3_K: (256, 32 + 64 + 12 + 2),
     GGMLType.Q4_K: (256, 2 + 2 + 12 + 128),
     GGMLType.Q5_K: (256, 2 + 2 + 12 + 32 + 128),
     GGMLType.Q6_K: (256, 128 + 64 + 16 + 2),

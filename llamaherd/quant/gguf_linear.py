@@ -20,7 +20,7 @@ Nothing is decoded to float32 at load time. Products are computed
     The loader then lets go of the file's pages, so the weight is held once.
   * F16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by decoding a run of rows into a scratch buffer for BLAS.
-  * Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, a 256-value super-block
+  * Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, a 256-value super-block
     at a time, in integers with a few rows of x carried by int8 terms as above but with one
     scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
     many rows, runs of rows decoded to float32 for BLAS.
@@ -41,7 +41,7 @@ from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
 PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0})  # repacked, integer kernels
-NATIVE_KQUANTS = frozenset({GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
+NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 

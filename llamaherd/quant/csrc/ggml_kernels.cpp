@@ -3,7 +3,7 @@
 //   * F16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
-//   * Q4_K, Q5_K, Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
+//   * Q2_K .. Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
 //     integers with a few rows of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded
 //     to float32 for BLAS (prefill) exactly as GGML decodes them.
 //   * Q4_0, Q4_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
@@ -19,7 +19,7 @@
 
 namespace {
 
-enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
@@ -27,6 +27,8 @@ inline int64_t row_bytes(int64_t type, int64_t k) {
     case Q4_0: return k / 32 * 18;
     case Q4_1: return k / 32 * 20;
     case Q8_0: return k / 32 * 34;
+    case Q2_K: return k / 256 * 84;
+    case Q3_K: return k / 256 * 110;
     case Q4_K: return k / 256 * 144;
     case Q5_K: return k / 256 * 176;
     case Q6_K: return k / 256 * 210;
@@ -440,7 +442,7 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 }
 
 
-// ---- k-quants: Q4_K, Q5_K, Q6_K ------------------------------------------------------
+// ---- k-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K --------------------------------------------
 //
 // For BLAS runs a 256-value super-block is unpacked at a time to small integers q[256] with a
 // scale and a minimum per 16 values (in L1), then y = scale * q - min: the same float
@@ -451,6 +453,8 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 struct SuperBlock {
   int8_t q[256];
   float scale[16], min[16];
+  int8_t iscale[16];  // Q2_K, Q3_K: the integer scales (scale = d * iscale), for gemm_kquant_q8
+  float d;
 };
 
 // GGML's get_scale_min_k4: the 6-bit scale and minimum of sub-block j of Q4_K / Q5_K.
@@ -467,7 +471,45 @@ inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
 // With y, also the floats: y[0 .. 256) = scale * q - min.
 template <int64_t T>
 inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullptr) {
-  if constexpr (T == Q4_K || T == Q5_K) {
+  if constexpr (T == Q2_K || T == Q3_K) {
+    // Q2_K: scales[16] (scale | min << 4) | qs[64] | d | dmin
+    // Q3_K: hmask[32] | qs[64] | scales[12] (16 six-bit values, biased by 32) | d
+    // Value 128h + 32j + l: bits 2j..2j+1 of qs[32h + l]; Q3_K: minus 4 unless bit 4h + j of
+    // hmask[l] is set. Sub-block of 16 values g has scale g.
+    const uint8_t* qs = b + (T == Q2_K ? 16 : 32);
+    s.d = half(b + (T == Q2_K ? 80 : 108));
+    if constexpr (T == Q2_K) {
+      const float dmin = half(b + 82);
+      for (int g = 0; g < 16; ++g) {
+        s.iscale[g] = int8_t(b[g] & 0xF);
+        s.scale[g] = s.d * float(b[g] & 0xF);
+        s.min[g] = dmin * float(b[g] >> 4);
+      }
+    } else {
+      const uint8_t* sc = b + 96;
+      for (int g = 0; g < 16; ++g) {
+        const int low = g < 8 ? sc[g] & 0xF : sc[g - 8] >> 4;
+        const int high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+        s.iscale[g] = int8_t((low | high << 4) - 32);
+        s.scale[g] = s.d * float(s.iscale[g]);
+        s.min[g] = 0.f;
+      }
+    }
+    const __m256i low2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+    __m256i hm;
+    if constexpr (T == Q3_K) hm = _mm256_loadu_si256((const __m256i*)b);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * h));
+      for (int j = 0; j < 4; ++j) {
+        __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), low2);
+        if constexpr (T == Q3_K) {  // q - 4 + 4 * bit
+          const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), one);
+          q = _mm256_sub_epi8(_mm256_add_epi8(q, _mm256_slli_epi16(bit, 2)), four);
+        }
+        _mm256_storeu_si256((__m256i*)(s.q + 128 * h + 32 * j), q);
+      }
+    }
+  } else if constexpr (T == Q4_K || T == Q5_K) {
     // d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]
     const float d = half(b), dmin = half(b + 2);
     const uint8_t* sc = b + 4;
@@ -547,11 +589,16 @@ template <int64_t T>
 void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, int64_t terms, float* y) {
   const int64_t nb = k / 32, nsb = k / 256, rows = m * terms;
   const Q8Act a = quantize_act(x, m, k, terms, 256);
-  std::vector<float> xsum(m * nb);  // float sums of x per 32 values
+  std::vector<float> xsum(m * nb), xsum16(T == Q2_K ? 2 * m * nb : 0);  // float sums of x per 32 (16) values
   for (int64_t i = 0; i < m * nb; ++i) {
     float t = 0.f;
     for (int v = 0; v < 32; ++v) t += x[32 * i + v];
     xsum[i] = t;
+  }
+  for (int64_t i = 0; i < int64_t(xsum16.size()); ++i) {
+    float t = 0.f;
+    for (int v = 0; v < 16; ++v) t += x[16 * i + v];
+    xsum16[i] = t;
   }
   const int64_t rb = row_bytes(T, k), bb = row_bytes(T, 256);
   const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (rb * std::max<int64_t>(1, rows / 4)));
@@ -561,6 +608,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
     // one super-block's weights, sub-block j in q[j] (unsigned; Q6_K: |q - 32|, its sign in
     // sg[j]), and the sub-block scales as int16, one per pair of maddubs sums
     __m256i q[8], sg[8], sc16[8];
+    SuperBlock sb_ints;
     for (int64_t r = n0; r < n1; ++r) {
       const uint8_t* row = w + r * rb;
       for (auto& v : acc) v = _mm256_setzero_ps();
@@ -568,8 +616,22 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
         const uint8_t* b = row + sb * bb;
         for (int64_t off = 0; off < bb; off += 64) _mm_prefetch((const char*)b + KQUANT_PREFETCH_BYTES + off, _MM_HINT_T0);
         float d;
-        __m256 mn;
-        if constexpr (T == Q4_K || T == Q5_K) {
+        __m256 mn, mn_hi;  // minimums per 32 values (Q4_K, Q5_K) or per 16 (Q2_K, two vectors)
+        if constexpr (T == Q2_K || T == Q3_K) {  // rarer types: unpacked through L1 (decode_superblock)
+          decode_superblock<T>(b, sb_ints);
+          d = sb_ints.d;
+          if constexpr (T == Q2_K) mn = _mm256_loadu_ps(sb_ints.min), mn_hi = _mm256_loadu_ps(sb_ints.min + 8);
+          for (int j = 0; j < 8; ++j) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(sb_ints.q + 32 * j));
+            if constexpr (T == Q3_K) {
+              q[j] = _mm256_sign_epi8(v, v);
+              sg[j] = v;
+            } else {
+              q[j] = v;
+            }
+            sc16[j] = _mm256_set_m128i(_mm_set1_epi16(sb_ints.iscale[2 * j + 1]), _mm_set1_epi16(sb_ints.iscale[2 * j]));
+          }
+        } else if constexpr (T == Q4_K || T == Q5_K) {
           uint32_t u[3];  // the 8 six-bit scales and minimums (scale_min_k4), 4 bytes at a time
           std::memcpy(u, b + 4, 12);
           const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
@@ -623,16 +685,21 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
           __m256i isum = _mm256_setzero_si256();
           for (int j = 0; j < 8; ++j) {
             __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + 32 * j));
-            if constexpr (T == Q6_K) xv = _mm256_sign_epi8(xv, sg[j]);  // the weight's sign moved onto x
+            if constexpr (T == Q6_K || T == Q3_K) xv = _mm256_sign_epi8(xv, sg[j]);  // the weight's sign moved onto x
             // pair sums <= 2 * 32 * 127 (Q6_K) or 2 * 31 * 128 fit int16; times a 6- or 8-bit scale,
             // 8 sub-blocks of them fit int32
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xv), sc16[j]));
           }
           acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * a.d[i * nsb + sb]), acc[i]);
         }
-        if constexpr (T != Q6_K)
+        if constexpr (T == Q4_K || T == Q5_K)
           for (int64_t i = 0; i < m; ++i)
             acc[i * terms] = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(xsum.data() + i * nb + 8 * sb), acc[i * terms]);
+        if constexpr (T == Q2_K)
+          for (int64_t i = 0; i < m; ++i) {
+            const float* xs = xsum16.data() + i * 2 * nb + 16 * sb;
+            acc[i * terms] = _mm256_fnmadd_ps(mn_hi, _mm256_loadu_ps(xs + 8), _mm256_fnmadd_ps(mn, _mm256_loadu_ps(xs), acc[i * terms]));
+          }
       }
       for (int64_t i = 0; i < m; ++i) {
         __m256 t = acc[i * terms];
@@ -645,7 +712,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
 
 void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
-  TORCH_CHECK(k % (type >= Q4_K ? 256 : 32) == 0, "row length must be a multiple of the block size");
+  TORCH_CHECK(k % (type >= Q2_K ? 256 : 32) == 0, "row length must be a multiple of the block size");
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
 
@@ -749,9 +816,7 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
   return y.view(out_shape);
 }
 
-
-// x: float32 [..., K] (a few rows); w: a Q4_K / Q5_K / Q6_K weight's bytes (N rows). Returns [..., N].
-// x: float32 [..., K] (a few rows); w: a Q4_K / Q5_K / Q6_K weight's bytes (N rows); x_terms:
+// x: float32 [..., K] (a few rows); w: a k-quant weight's bytes (N rows); x_terms:
 // 1 to 3 int8 terms per row of x (see gemm_kquant_q8). Returns [..., N].
 torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
@@ -765,6 +830,8 @@ torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, i
   check(w, type, n, k);
   auto y = torch::empty({m, n}, x.options());
   switch (type) {
+    case Q2_K: gemm_kquant_q8<Q2_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
+    case Q3_K: gemm_kquant_q8<Q3_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q4_K: gemm_kquant_q8<Q4_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q5_K: gemm_kquant_q8<Q5_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q6_K: gemm_kquant_q8<Q6_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
@@ -778,6 +845,8 @@ void dequant_kquant(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t
   TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "rows out of range");
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.numel() == (r1 - r0) * k, "out must be float32 [r1 - r0, k]");
   switch (type) {
+    case Q2_K: dequant_kquant_rows<Q2_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q3_K: dequant_kquant_rows<Q3_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_K: dequant_kquant_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q5_K: dequant_kquant_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q6_K: dequant_kquant_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
@@ -1044,8 +1113,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
-  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W in Q4_K / Q5_K / Q6_K (few rows of x), x rounded to int8 terms", nogil);
-  m.def("dequant_kquant", &dequant_kquant, "decode rows of a Q4_K / Q5_K / Q6_K weight to float32", nogil);
+  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W a k-quant, Q2_K to Q6_K (few rows of x), x rounded to int8 terms", nogil);
+  m.def("dequant_kquant", &dequant_kquant, "decode rows of a k-quant weight (Q2_K to Q6_K) to float32", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
   m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
