@@ -793,16 +793,28 @@ void dequant_packed(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t
   }
 }
 
-// x: float32 [M, K]; w: a packed weight of N rows; x_terms: 1 to 3 int8 terms per row of x
-// (see quantize_act). Returns float32 [M, N].
-torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
+// The integer products' x (float32 [..., K], any leading dimensions) as rows [M, K], checked
+// with x_terms, and the shape of their result [..., N].
+struct ProductRows {
+  torch::Tensor x;
+  std::vector<int64_t> out_shape;
+  int64_t m, k;
+};
+
+static ProductRows product_rows(torch::Tensor x, int64_t n, int64_t x_terms) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
   TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
   auto out_shape = x.sizes().vec();
   const int64_t k = out_shape.back();
   out_shape.back() = n;
   x = x.contiguous().view({-1, k});
-  const int64_t m = x.size(0);
+  return {x, out_shape, x.size(0), k};
+}
+
+// x: float32 [..., K]; w: a packed weight of N rows; x_terms: 1 to 3 int8 terms per row of x
+// (see quantize_act). Returns float32 [..., N].
+torch::Tensor gemm_packed(torch::Tensor x_in, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
+  auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
   auto y = torch::zeros({m, n}, x.options());
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
@@ -818,14 +830,8 @@ torch::Tensor gemm_packed(torch::Tensor x, torch::Tensor w, int64_t type, int64_
 
 // x: float32 [..., K] (a few rows); w: a k-quant weight's bytes (N rows); x_terms:
 // 1 to 3 int8 terms per row of x (see gemm_kquant_q8). Returns [..., N].
-torch::Tensor gemm_kquant_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
-  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() >= 1, "x must be float32 [..., K]");
-  TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
-  auto out_shape = x.sizes().vec();
-  const int64_t k = out_shape.back();
-  out_shape.back() = n;
-  x = x.contiguous().view({-1, k});
-  const int64_t m = x.size(0);
+torch::Tensor gemm_kquant_rows(torch::Tensor x_in, torch::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
+  auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   TORCH_CHECK(m <= MAX_M, "gemm_kquant takes at most ", MAX_M, " rows");
   check(w, type, n, k);
   auto y = torch::empty({m, n}, x.options());
