@@ -457,15 +457,18 @@ struct SuperBlock {
   float d;
 };
 
-// GGML's get_scale_min_k4: the 6-bit scale and minimum of sub-block j of Q4_K / Q5_K.
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
-  if (j < 4) {
-    d = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
+// Q4_K / Q5_K's 12 scale bytes -> the 8 six-bit scales and the 8 minimums of the sub-blocks,
+// a byte each (GGML's get_scale_min_k4, 4 sub-blocks at a time): sub-blocks 0-3 in the low 6
+// bits of bytes 0-3 (scales) and 4-7 (minimums); 4-7 take their low 4 bits from bytes 8-11
+// and their top 2 from the spare top bits of bytes 0-3 and 4-7.
+inline void scales_mins_k4(const uint8_t* packed, uint64_t& scales, uint64_t& mins) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
+  const uint32_t s47 = (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4);
+  const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
+  scales = uint64_t(s03) | uint64_t(s47) << 32;
+  mins = uint64_t(m03) | uint64_t(m47) << 32;
 }
 
 // With y, also the floats: y[0 .. 256) = scale * q - min.
@@ -515,11 +518,11 @@ inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullpt
     const uint8_t* sc = b + 4;
     const uint8_t* qh = b + 16;
     const uint8_t* ql = b + (T == Q5_K ? 48 : 16);
+    uint64_t scales, mins;
+    scales_mins_k4(sc, scales, mins);
     for (int j = 0; j < 8; ++j) {
-      uint8_t sj, mj;
-      scale_min_k4(j, sc, sj, mj);
-      s.scale[2 * j] = s.scale[2 * j + 1] = d * float(sj);
-      s.min[2 * j] = s.min[2 * j + 1] = dmin * float(mj);
+      s.scale[2 * j] = s.scale[2 * j + 1] = d * float(uint8_t(scales >> (8 * j)));
+      s.min[2 * j] = s.min[2 * j + 1] = dmin * float(uint8_t(mins >> (8 * j)));
     }
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     __m256i h;
@@ -632,13 +635,9 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
             sc16[j] = _mm256_set_m128i(_mm_set1_epi16(sb_ints.iscale[2 * j + 1]), _mm_set1_epi16(sb_ints.iscale[2 * j]));
           }
         } else if constexpr (T == Q4_K || T == Q5_K) {
-          uint32_t u[3];  // the 8 six-bit scales and minimums (scale_min_k4), 4 bytes at a time
-          std::memcpy(u, b + 4, 12);
-          const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
-          const uint32_t s47 = (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4);
-          const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
-          const __m128i scb = _mm_cvtsi64_si128(int64_t(uint64_t(s03) | uint64_t(s47) << 32));
-          const __m128i mnb = _mm_cvtsi64_si128(int64_t(uint64_t(m03) | uint64_t(m47) << 32));
+          uint64_t scales, mins;
+          scales_mins_k4(b + 4, scales, mins);
+          const __m128i scb = _mm_cvtsi64_si128(int64_t(scales)), mnb = _mm_cvtsi64_si128(int64_t(mins));
           d = half(b);
           mn = _mm256_mul_ps(_mm256_set1_ps(half(b + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mnb)));
           const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scb));  // scales as int16, both lanes
