@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -66,14 +67,33 @@ class Browser:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
     def close(self) -> None:
+        """Stop Chromium and all its helper processes (its own session), so that none still
+        writes into the profile folder when the fixture removes it."""
         try:
             self.ws.close()
         finally:
-            self.process.terminate()
+            group = self.process.pid
+            os.killpg(group, signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                pass
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait()
+            wait_for(lambda: not _group_alive(group), timeout=30)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of this group still runs (zombies, which write nothing, don't count:
+    a container's init may leave them unreaped)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return False
 
 
 @pytest.fixture(scope="module")
