@@ -1,10 +1,11 @@
-"""Write the benchmark's random-weight model: TinyLlama-1.1B shapes as GGUF F16, Q8_0, Q4_0
-and Q4_K_M.
+"""Write the benchmark's random-weight model: TinyLlama-1.1B shapes as GGUF F16, Q8_0, Q4_0,
+Q4_K_M, Q3_K_M and Q2_K.
 
-    python benchmarks/make_models.py [--out DIR] [--types F16 Q8_0 Q4_0 Q4_K_M]
+    python benchmarks/make_models.py [--out DIR] [--types F16 Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K]
 
-Weights are N(0, 0.02) (norms 1), quantized by the `gguf` package's quantizer (Q4_K_M, which
-it cannot write, by llama.cpp's own quantizer from the F16 file: llama-cpp-python), and the
+Weights are N(0, 0.02) (norms 1), quantized by the `gguf` package's quantizer (the k-quant
+mixes, which it cannot write, by llama.cpp's own quantizer from the F16 file:
+llama-cpp-python), and the
 LLaMA SentencePiece vocabulary (32000 tokens) is copied from llama.cpp's
 ggml-vocab-llama-spm.gguf in the shared assets, so llama.cpp loads the same files.
 Files that already exist are kept.
@@ -101,8 +102,11 @@ def write_model(path: Path, qtype: str, shape: dict = TINYLLAMA) -> Path:
     return path
 
 
-def quantize_with_llama_cpp(source: Path, path: Path) -> None:
-    """Q4_K_M (Q4_K, Q6_K for some layers) as llama.cpp's quantize tool makes it."""
+LLAMA_CPP_MIXES = ("Q4_K_M", "Q3_K_M", "Q2_K")  # llama.cpp's names: LLAMA_FTYPE_MOSTLY_<name>
+
+
+def quantize_with_llama_cpp(source: Path, path: Path, mix: str) -> None:
+    """A k-quant mix (e.g. Q4_K_M: Q4_K, Q6_K for some layers) as llama.cpp's quantize tool makes it."""
     import ctypes
 
     try:
@@ -113,7 +117,7 @@ def quantize_with_llama_cpp(source: Path, path: Path) -> None:
     if not source.exists():
         write_model(source, "F16")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{mix}")
     tmp = path.with_suffix(".tmp")
     if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
         raise SystemExit(f"llama.cpp could not quantize {source}")
@@ -123,7 +127,7 @@ def quantize_with_llama_cpp(source: Path, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--types", nargs="*", default=["F16", "Q8_0", "Q4_0", "Q4_K_M"])
+    ap.add_argument("--types", nargs="*", default=["F16", "Q8_0", "Q4_0", *LLAMA_CPP_MIXES])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for qtype in args.types:
@@ -131,8 +135,8 @@ def main() -> None:
         if path.exists():
             print(f"{path} exists")
             continue
-        if qtype == "Q4_K_M":
-            quantize_with_llama_cpp(args.out / "random-tinyllama-F16.gguf", path)
+        if qtype in LLAMA_CPP_MIXES:
+            quantize_with_llama_cpp(args.out / "random-tinyllama-F16.gguf", path, qtype)
         else:
             write_model(path, qtype)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB)", flush=True)

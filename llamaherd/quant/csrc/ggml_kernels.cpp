@@ -453,7 +453,6 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 struct SuperBlock {
   int8_t q[256];
   float scale[16], min[16];
-  int8_t iscale[16];  // Q2_K, Q3_K: the integer scales (scale = d * iscale), for gemm_kquant_q8
   float d;
 };
 
@@ -471,6 +470,18 @@ inline void scales_mins_k4(const uint8_t* packed, uint64_t& scales, uint64_t& mi
   mins = uint64_t(m03) | uint64_t(m47) << 32;
 }
 
+// Q3_K's 12 scale bytes -> its 16 scales as int8 (six bits, biased by 32): value g takes its
+// low 4 bits from byte g (g < 8: low nibble) or g - 8 (high nibble), its top 2 from bits
+// 2 * (g / 4) of byte 8 + g % 4 (GGML's layout, decoded here 16 at a time).
+inline __m128i scales_k3(const uint8_t* packed) {
+  const __m128i lo8 = _mm_loadl_epi64((const __m128i*)packed), low4 = _mm_set1_epi8(0x0F);
+  const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(lo8, low4), _mm_and_si128(_mm_srli_epi16(lo8, 4), low4));
+  int32_t top;
+  std::memcpy(&top, packed + 8, 4);
+  const __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(top), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(0x03));
+  return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
+}
+
 // With y, also the floats: y[0 .. 256) = scale * q - min.
 template <int64_t T>
 inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullptr) {
@@ -484,17 +495,14 @@ inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullpt
     if constexpr (T == Q2_K) {
       const float dmin = half(b + 82);
       for (int g = 0; g < 16; ++g) {
-        s.iscale[g] = int8_t(b[g] & 0xF);
         s.scale[g] = s.d * float(b[g] & 0xF);
         s.min[g] = dmin * float(b[g] >> 4);
       }
     } else {
-      const uint8_t* sc = b + 96;
+      alignas(16) int8_t sc[16];
+      _mm_store_si128((__m128i*)sc, scales_k3(b + 96));
       for (int g = 0; g < 16; ++g) {
-        const int low = g < 8 ? sc[g] & 0xF : sc[g - 8] >> 4;
-        const int high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
-        s.iscale[g] = int8_t((low | high << 4) - 32);
-        s.scale[g] = s.d * float(s.iscale[g]);
+        s.scale[g] = s.d * float(sc[g]);
         s.min[g] = 0.f;
       }
     }
@@ -579,6 +587,17 @@ void dequant_kquant_rows(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, fl
   });
 }
 
+// 16 int8 scales, one per 16 values of a super-block -> for each 32-value sub-block j, its two
+// scales as int16: scale 2j in the low 128-bit lane, 2j + 1 in the high one (the lanes of one
+// maddubs result).
+inline void scales_int16(__m128i s8, __m256i sc16[8]) {
+  for (int j = 0; j < 8; ++j) {
+    const __m128i pick = _mm_setr_epi8(2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
+                                       2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1);
+    sc16[j] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s8, pick));
+  }
+}
+
 // y [m, n] = x [m, k] @ W^T for a k-quant and a few rows of x, in integers, like GGML's
 // ggml_vec_dot_q*_K_q8_K: x rounded to int8 with one scale per 256 values (in `terms` terms,
 // quantize_act: three carry x to float32's precision), each weight sub-block of 32 multiplied
@@ -611,7 +630,6 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
     // one super-block's weights, sub-block j in q[j] (unsigned; Q6_K: |q - 32|, its sign in
     // sg[j]), and the sub-block scales as int16, one per pair of maddubs sums
     __m256i q[8], sg[8], sc16[8];
-    SuperBlock sb_ints;
     for (int64_t r = n0; r < n1; ++r) {
       const uint8_t* row = w + r * rb;
       for (auto& v : acc) v = _mm256_setzero_ps();
@@ -620,19 +638,36 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
         for (int64_t off = 0; off < bb; off += 64) _mm_prefetch((const char*)b + KQUANT_PREFETCH_BYTES + off, _MM_HINT_T0);
         float d;
         __m256 mn, mn_hi;  // minimums per 32 values (Q4_K, Q5_K) or per 16 (Q2_K, two vectors)
-        if constexpr (T == Q2_K || T == Q3_K) {  // rarer types: unpacked through L1 (decode_superblock)
-          decode_superblock<T>(b, sb_ints);
-          d = sb_ints.d;
-          if constexpr (T == Q2_K) mn = _mm256_loadu_ps(sb_ints.min), mn_hi = _mm256_loadu_ps(sb_ints.min + 8);
-          for (int j = 0; j < 8; ++j) {
-            const __m256i v = _mm256_loadu_si256((const __m256i*)(sb_ints.q + 32 * j));
-            if constexpr (T == Q3_K) {
-              q[j] = _mm256_sign_epi8(v, v);
-              sg[j] = v;
-            } else {
-              q[j] = v;
+        if constexpr (T == Q2_K || T == Q3_K) {  // layouts: decode_superblock; sub-block j = 4h + i: bits 2i of qs[32h ..]
+          const uint8_t* qs = b + (T == Q2_K ? 16 : 32);
+          __m128i s8;  // the 16 int8 scales, one per 16 values
+          if constexpr (T == Q2_K) {
+            d = half(b + 80);
+            const __m128i packed = _mm_loadu_si128((const __m128i*)b);  // scale | min << 4
+            s8 = _mm_and_si128(packed, _mm_set1_epi8(0x0F));
+            const __m128i m8 = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0F));
+            const __m256 dmin = _mm256_set1_ps(half(b + 82));
+            mn = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)));
+            mn_hi = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(m8, 8))));
+          } else {
+            d = half(b + 108);
+            s8 = scales_k3(b + 96);
+          }
+          scales_int16(s8, sc16);
+          const __m256i low2 = _mm256_set1_epi8(0x03);
+          __m256i hm;
+          if constexpr (T == Q3_K) hm = _mm256_loadu_si256((const __m256i*)b);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * h));
+            for (int i = 0; i < 4; ++i) {
+              const int j = 4 * h + i;
+              q[j] = _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), low2);
+              if constexpr (T == Q3_K) {  // q - 4 unless the high bit is set: -4 .. 3, its sign moved onto x
+                const __m256i hbit = _mm256_and_si256(_mm256_srli_epi16(hm, j), _mm256_set1_epi8(1));
+                sg[j] = _mm256_sub_epi8(_mm256_or_si256(q[j], _mm256_slli_epi16(hbit, 2)), _mm256_set1_epi8(4));
+                q[j] = _mm256_sign_epi8(sg[j], sg[j]);
+              }
             }
-            sc16[j] = _mm256_set_m128i(_mm_set1_epi16(sb_ints.iscale[2 * j + 1]), _mm_set1_epi16(sb_ints.iscale[2 * j]));
           }
         } else if constexpr (T == Q4_K || T == Q5_K) {
           uint64_t scales, mins;
@@ -658,12 +693,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
           }
         } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8, one per 16 values) | d
           d = half(b + 208);
-          const __m128i s8 = _mm_loadu_si128((const __m128i*)(b + 192));
-          for (int j = 0; j < 8; ++j) {  // int16 scale 2j in the low 128-bit lane, 2j + 1 in the high one
-            const __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s8, _mm_setr_epi8(2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
-                                                                                        2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1)));
-            sc16[j] = s16;
-          }
+          scales_int16(_mm_loadu_si128((const __m128i*)(b + 192)), sc16);
           const __m256i low2 = _mm256_set1_epi8(0x03), bias = _mm256_set1_epi8(32);
           for (int half_ = 0; half_ < 2; ++half_) {  // as decode_superblock: 128 values, 4 runs of 32
             const uint8_t* ql = b + 64 * half_;
