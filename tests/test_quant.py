@@ -16,7 +16,7 @@ from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1,
+TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
          "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
@@ -91,13 +91,14 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
 def test_native_packs_the_types_it_multiplies():
     if native() is None:
         pytest.skip("no native kernels")
-    for name in ("Q4_0", "Q4_1", "Q8_0"):
+    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+    for name in packed:
         raw = gguf_bytes(np.ones((8, 64), np.float32), TYPES[name])
         assert GGUFLinear(raw, int(TYPES[name]), 8, 64).packed is not None
-    assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in ("Q4_0", "Q4_1", "Q8_0")}
+    assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in packed}
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit
     (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""

@@ -2,7 +2,7 @@
 
 Nothing is decoded to float32 at load time. Products are computed
 
-  * Q4_0, Q4_1, Q8_0 (native kernels): on a copy of the weight repacked once at load into
+  * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (native kernels): on a copy of the weight repacked once at load into
     an 8-row interleaved layout of the same size (csrc/ggml_kernels.cpp), in integers
     (int8 products, exact), for any number of rows of x. Each 32-value block of x is
     carried by int8 values with one scale per block, in terms, each rounding what the ones
@@ -40,7 +40,7 @@ from .ggml_dequant import dequantize
 from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
-PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0})  # repacked, integer kernels
+PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})  # repacked, integer kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path

@@ -6,7 +6,7 @@
 //   * Q2_K .. Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
 //     integers with a few rows of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded
 //     to float32 for BLAS (prefill) exactly as GGML decodes them.
-//   * Q4_0, Q4_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
+//   * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
 //     (pack(), described below) and packed_gemm() multiplies it in integers with x rounded to
 //     int8 blocks, for any number of rows of x. Results equal "dequantize W, round x to its
 //     int8 blocks, then x @ W^T" up to float summation order.
@@ -19,13 +19,15 @@
 
 namespace {
 
-enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
     case F16: return k * 2;
     case Q4_0: return k / 32 * 18;
     case Q4_1: return k / 32 * 20;
+    case Q5_0: return k / 32 * 22;
+    case Q5_1: return k / 32 * 24;
     case Q8_0: return k / 32 * 34;
     case Q2_K: return k / 256 * 84;
     case Q3_K: return k / 256 * 110;
@@ -134,7 +136,7 @@ void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d,
   }
 }
 
-// ---- Packed 8-row layout for Q4_0, Q4_1 and Q8_0 -------------------------------------
+// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 -------------------------
 //
 // The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
 // 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
@@ -148,8 +150,12 @@ void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d,
 // Group g (rows 8g .. 8g+7), block b, at byte (g * nb + b) * group_block_bytes:
 //   Q4_0: d[8] fp16 | 4 chunks of 32 bytes                      (144 bytes)
 //   Q4_1: d[8] fp16 | m[8] fp16 | 4 chunks of 32 bytes          (160 bytes)
+//   Q5_0: d[8] fp16 | qh[8] u32 | 4 chunks of 32 bytes          (176 bytes)
+//   Q5_1: d[8] fp16 | m[8] fp16 | qh[8] u32 | 4 chunks          (192 bytes)
 //   Q8_0: d[8] fp16 | 8 chunks of 32 bytes                      (272 bytes)
 // Q4 chunk c: bytes 4r..4r+3 are row r's values 8c+i (low nibble) and 8c+4+i (high nibble).
+// Q5: the same chunks hold the low 4 bits; row r's qh (bit v: the fifth bit of value v) is
+// GGML's, as it is.
 // Q8 chunk c: bytes 4r..4r+3 are row r's values 4c+i.
 //
 // Activations are rounded per 32-value block to int8 with one float scale (max|x| / 127),
@@ -159,12 +165,34 @@ inline int64_t packed_block_bytes(int64_t type) {
   switch (type) {
     case Q4_0: return 144;
     case Q4_1: return 160;
+    case Q5_0: return 176;
+    case Q5_1: return 192;
     case Q8_0: return 272;
   }
   TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
 }
 
 inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
+
+// The 4- and 5-bit types: where their parts sit in a GGML block and in a packed one.
+template <int64_t T> constexpr bool HAS_MIN = T == Q4_1 || T == Q5_1;  // d * q + m, else d * (q - OFFSET)
+template <int64_t T> constexpr bool FIVE_BITS = T == Q5_0 || T == Q5_1;
+template <int64_t T> constexpr int OFFSET = HAS_MIN<T> ? 0 : (FIVE_BITS<T> ? 16 : 8);
+template <int64_t T> constexpr int SRC_QH = HAS_MIN<T> ? 4 : 2;                     // GGML block: d | (m) | (qh) | qs
+template <int64_t T> constexpr int SRC_QS = SRC_QH<T> + (FIVE_BITS<T> ? 4 : 0);
+template <int64_t T> constexpr int PACKED_QH = HAS_MIN<T> ? 32 : 16;                // packed: d[8] | (m[8]) | (qh[8]) | chunks
+template <int64_t T> constexpr int PACKED_QS = PACKED_QH<T> + (FIVE_BITS<T> ? 32 : 0);
+
+// Q5: the fifth bits of chunk c, as 0x10 in the bytes of (lo, hi) that chunk's nibbles fill:
+// byte c of row r's qh holds the bits of its values 8c .. 8c+7.
+inline void add_fifth_bits(__m256i qh, int c, __m256i& lo, __m256i& hi) {
+  const __m256i pick = _mm256_add_epi8(_mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                                        0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12), _mm256_set1_epi8(char(c)));
+  const __m256i bits = _mm256_shuffle_epi8(qh, pick);
+  const __m256i lo_bits = _mm256_set1_epi32(0x08040201), hi_bits = _mm256_set1_epi32(int(0x80402010u)), five = _mm256_set1_epi8(0x10);
+  lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, lo_bits), lo_bits), five));
+  hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, hi_bits), hi_bits), five));
+}
 
 // A row's 32-value block `src` (GGML layout) into packed block `dst`, as row r of the 8.
 template <int64_t T>
@@ -174,9 +202,10 @@ inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
     const int8_t* q = (const int8_t*)(src + 2);
     for (int c = 0; c < 8; ++c) std::memcpy(dst + 16 + 32 * c + 4 * r, q + 4 * c, 4);
   } else {
-    const uint8_t* qs = src + (T == Q4_1 ? 4 : 2);
-    uint8_t* out = dst + (T == Q4_1 ? 32 : 16);
-    if constexpr (T == Q4_1) std::memcpy(dst + 16 + 2 * r, src + 2, 2);  // m
+    const uint8_t* qs = src + SRC_QS<T>;
+    uint8_t* out = dst + PACKED_QS<T>;
+    if constexpr (HAS_MIN<T>) std::memcpy(dst + 16 + 2 * r, src + 2, 2);  // m
+    if constexpr (FIVE_BITS<T>) std::memcpy(dst + PACKED_QH<T> + 4 * r, src + SRC_QH<T>, 4);
     // values 0..15 are the low nibbles, 16..31 the high ones; chunk c takes values 8c..8c+3
     // (low nibble) and 8c+4..8c+7 (high nibble): two byte shuffles and an OR make all four
     const __m128i raw = _mm_loadu_si128((const __m128i*)qs), mask = _mm_set1_epi8(0x0F);
@@ -199,9 +228,10 @@ inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
   if constexpr (T == Q8_0) {
     for (int c = 0; c < 8; ++c) std::memcpy(dst + 2 + 4 * c, src + 16 + 32 * c + 4 * r, 4);
   } else {
-    const uint8_t* in = src + (T == Q4_1 ? 32 : 16);
-    uint8_t* qs = dst + (T == Q4_1 ? 4 : 2);
-    if constexpr (T == Q4_1) std::memcpy(dst + 2, src + 16 + 2 * r, 2);
+    const uint8_t* in = src + PACKED_QS<T>;
+    uint8_t* qs = dst + SRC_QS<T>;
+    if constexpr (HAS_MIN<T>) std::memcpy(dst + 2, src + 16 + 2 * r, 2);
+    if constexpr (FIVE_BITS<T>) std::memcpy(dst + SRC_QH<T>, src + PACKED_QH<T> + 4 * r, 4);
     uint8_t v[32];
     for (int c = 0; c < 4; ++c)
       for (int i = 0; i < 4; ++i) {
@@ -236,14 +266,16 @@ void unpack_rows(const uint8_t* packed, int64_t n, int64_t k, uint8_t* out) {
 // One block of a packed group decoded to float32: row r's 32 values to out + r * k. Each
 // register pair (a, b) holds, for every row, 4 values in a's dword r and the next 4 in b's;
 // interleaving their dwords lines each row's 8 values up in 64 bits. Same arithmetic as
-// GGML's (d * (q - 8), d * q + m, d * q), so the floats are identical.
+// GGML's (d * (q - 8 or 16), d * q + m, d * q), so the floats are identical.
 template <int64_t T>
 inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
   alignas(32) float d[8], m[8];
   _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk)));
-  if constexpr (T == Q4_1) _mm256_store_ps(m, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))));
-  const uint8_t* q = blk + (T == Q4_1 ? 32 : 16);
+  if constexpr (HAS_MIN<T>) _mm256_store_ps(m, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))));
+  const uint8_t* q = blk + (T == Q8_0 ? 16 : PACKED_QS<T>);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256i qh;
+  if constexpr (FIVE_BITS<T>) qh = _mm256_loadu_si256((const __m256i*)(blk + PACKED_QH<T>));
   for (int c = 0; c < 4; ++c) {  // values 8c .. 8c+7 of each row
     __m256i a, b;
     if constexpr (T == Q8_0) {
@@ -253,6 +285,7 @@ inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
       const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + 32 * c));
       a = _mm256_and_si256(raw, low4);
       b = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, a, b);
     }
     const __m256i lo = _mm256_unpacklo_epi32(a, b), hi = _mm256_unpackhi_epi32(a, b);
     const __m128i pairs[4] = {_mm256_castsi256_si128(lo), _mm256_castsi256_si128(hi),
@@ -260,9 +293,9 @@ inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
     for (int r = 0; r < 8; ++r) {
       const __m128i bytes = r % 2 ? _mm_unpackhi_epi64(pairs[r / 2], pairs[r / 2]) : pairs[r / 2];
       __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-      if constexpr (T == Q4_0) v = _mm256_mul_ps(_mm256_set1_ps(d[r]), _mm256_sub_ps(v, _mm256_set1_ps(8.f)));
-      if constexpr (T == Q4_1) v = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(d[r]), v), _mm256_set1_ps(m[r]));
       if constexpr (T == Q8_0) v = _mm256_mul_ps(_mm256_set1_ps(d[r]), v);
+      else if constexpr (HAS_MIN<T>) v = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(d[r]), v), _mm256_set1_ps(m[r]));
+      else v = _mm256_mul_ps(_mm256_set1_ps(d[r]), _mm256_sub_ps(v, _mm256_set1_ps(float(OFFSET<T>))));
       _mm256_storeu_ps(out + r * k + 8 * c, v);
     }
   }
@@ -290,14 +323,16 @@ void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r
             for (int c = 0; c < 8; ++c)
               for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
           } else {
-            // as GGML defines them: Q4_0 d * (q - 8), Q4_1 d * q + m
-            const float m = T == Q4_1 ? half(blk + 16 + 2 * r) : 0.f;
-            const int off = T == Q4_1 ? 0 : 8;
-            const uint8_t* q = blk + (T == Q4_1 ? 32 : 16) + 4 * r;
+            // as GGML defines them: Q4_0 d * (q - 8), Q5_0 d * (q - 16), Q4_1 and Q5_1 d * q + m
+            const float m = HAS_MIN<T> ? half(blk + 16 + 2 * r) : 0.f;
+            const uint8_t* q = blk + PACKED_QS<T> + 4 * r;
+            uint32_t qh = 0;
+            if constexpr (FIVE_BITS<T>) std::memcpy(&qh, blk + PACKED_QH<T> + 4 * r, 4);
+            auto value = [&](int v, int nibble) { return nibble + int((qh >> v) & 1) * 16 - OFFSET<T>; };
             for (int c = 0; c < 4; ++c)
               for (int i = 0; i < 4; ++i) {
-                o[8 * c + i] = d * float((q[32 * c + i] & 0x0F) - off) + m;
-                o[8 * c + 4 + i] = d * float((q[32 * c + i] >> 4) - off) + m;
+                o[8 * c + i] = d * float(value(8 * c + i, q[32 * c + i] & 0x0F)) + m;
+                o[8 * c + 4 + i] = d * float(value(8 * c + 4 + i, q[32 * c + i] >> 4)) + m;
               }
           }
         }
@@ -381,29 +416,37 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int
         acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xd[m * nb + b])), _mm256_cvtepi32_ps(dot[m]), acc[m]);
     } else {
       // the block's 32 nibbles of each of the 8 rows, unpacked once for all TM rows of x
-      const uint8_t* qv = blk + (T == Q4_1 ? 32 : 16);
-      __m256i lo[4], hi[4];
+      const uint8_t* qv = blk + PACKED_QS<T>;
+      __m256i lo[4], hi[4], qh;
+      if constexpr (FIVE_BITS<T>) qh = _mm256_loadu_si256((const __m256i*)(blk + PACKED_QH<T>));
       for (int c = 0; c < 4; ++c) {
         const __m256i raw = _mm256_loadu_si256((const __m256i*)(qv + 32 * c));
         lo[c] = _mm256_and_si256(raw, low4);
         hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, lo[c], hi[c]);
       }
       __m256 mw;
-      if constexpr (T == Q4_1) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
+      if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
       for (int m = 0; m < TM; ++m) {
         const int8_t* xb = xq + m * k + 32 * b;
         // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
-        // block. Summed as a tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
+        // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
+        // Summed as a tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
         __m256i s[4];
         for (int c = 0; c < 4; ++c)
           s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)),
                                   _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
-        const __m256i dot = _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
+        __m256i dot;
+        if constexpr (FIVE_BITS<T>)
+          dot = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
+        else
+          dot = _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
         __m256 f = _mm256_cvtepi32_ps(dot);
         const float d = xd[m * nb + b], sum = float(xs[m * nb + b]);
-        if constexpr (T == Q4_0) f = _mm256_fmadd_ps(_mm256_set1_ps(sum), _mm256_set1_ps(-8.f), f);  // values are q - 8 (exact: integers < 2^24)
+        if constexpr (!HAS_MIN<T>)  // values are q - OFFSET (exact: integers < 2^24)
+          f = _mm256_fmadd_ps(_mm256_set1_ps(sum), _mm256_set1_ps(-float(OFFSET<T>)), f);
         acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(d)), f, acc[m]);
-        if constexpr (T == Q4_1) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(d * sum), acc[m]);
+        if constexpr (HAS_MIN<T>) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(d * sum), acc[m]);
       }
     }
   }
@@ -783,6 +826,8 @@ torch::Tensor pack(std::vector<torch::Tensor> parts, int64_t type, int64_t k) {
   switch (type) {
     case Q4_0: pack_rows<Q4_0>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q4_1: pack_rows<Q4_1>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q5_0: pack_rows<Q5_0>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q5_1: pack_rows<Q5_1>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: pack_rows<Q8_0>(rows, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -803,6 +848,8 @@ torch::Tensor unpack(torch::Tensor w, int64_t type, int64_t n, int64_t k) {
   switch (type) {
     case Q4_0: unpack_rows<Q4_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q4_1: unpack_rows<Q4_1>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q5_0: unpack_rows<Q5_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q5_1: unpack_rows<Q5_1>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: unpack_rows<Q8_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -817,6 +864,8 @@ void dequant_packed(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t
   switch (type) {
     case Q4_0: dequant_packed_rows<Q4_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_1: dequant_packed_rows<Q4_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q5_0: dequant_packed_rows<Q5_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q5_1: dequant_packed_rows<Q5_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q8_0: dequant_packed_rows<Q8_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -851,6 +900,8 @@ torch::Tensor gemm_packed(torch::Tensor x_in, torch::Tensor w, int64_t type, int
   switch (type) {
     case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
     case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q5_0: packed_gemm<Q5_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q5_1: packed_gemm<Q5_1>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
     case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
