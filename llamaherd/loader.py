@@ -7,10 +7,10 @@ How Linear weights are held (`quantize`):
   * None (default): a GGUF file's block-quantized and F16 weights keep their GGML
     encoding and run on the GGUF kernels (quant/gguf_linear.py): memory-mapped as they
     are, or repacked once for the integer kernels (then the file's pages are let go, and
-    q/k/v and w1/w3 share one product each). On the CPU at float32, the 16-bit Linear
-    weights of Meta and Hugging Face checkpoints (and GGUF BF16 ones) stay 16-bit the same
-    way (F16, products in float32): a 7B model takes 13.5 GB, not 27, and decodes twice as fast. bf16
-    becomes fp16 on the way, exact for |w| >= 2^-14 (fp16's normal range).
+    q/k/v and w1/w3 share one product each). On the CPU at float32, the fp16 and bf16 Linear
+    weights of Meta and Hugging Face checkpoints stay as they are in the file the same way
+    (F16 / BF16, products in float32): a 7B model takes 13.5 GB, not 27, and decodes twice as
+    fast.
     `int8_activations` picks llama.cpp's rounding of activations for the integer kernels
     (one int8 term instead of three; see quant/gguf_linear.py).
   * "float": everything decoded to `dtype` (the plain path; the reference for tests).
@@ -80,11 +80,7 @@ def build_model(
             raw = checkpoint.file.raw(info.name)
             n, k = info.shape
             if isinstance(module, nn.Linear):  # packed (and fused) below, once all are known
-                ggml_type = info.ggml_type
-                if ggml_type == GGMLType.BF16 and (f16 := _as_f16(raw.view(torch.bfloat16).view(n, k))) is not None:
-                    raw, ggml_type = f16.view(torch.uint8).reshape(-1), GGMLType.F16  # the F16 kernels, as below
-                    checkpoint.release(name)
-                linear = GGUFLinear(raw, ggml_type, n, k, pack=False)
+                linear = GGUFLinear(raw, info.ggml_type, n, k, pack=False)
                 linear.int8_activations = int8_activations
                 file_tensors[linear] = info.name
                 model.set_submodule(module_name, linear)
@@ -102,9 +98,10 @@ def build_model(
             model.set_submodule(module_name, quantize_linear(tensor.to(device), mode, group_size))
             _release_if_copied(checkpoint, name, tensor, None)
             continue
-        if keep_16bit and isinstance(module, nn.Linear) and (f16 := _as_f16(tensor)) is not None:
-            model.set_submodule(module_name, GGUFLinear(f16.view(torch.uint8).reshape(-1), GGMLType.F16, *f16.shape, pack=False))
-            _release_if_copied(checkpoint, name, tensor, f16)
+        if keep_16bit and isinstance(module, nn.Linear) and tensor.dtype in _SIXTEEN_BIT:
+            kept = tensor.contiguous()  # a view of the file where it already is
+            model.set_submodule(module_name, GGUFLinear(kept.view(torch.uint8).reshape(-1), _SIXTEEN_BIT[tensor.dtype], *kept.shape, pack=False))
+            _release_if_copied(checkpoint, name, tensor, kept)
             continue
         state[name] = tensor.to(device=device, dtype=dtype)
         _release_if_copied(checkpoint, name, tensor, state[name])
@@ -152,8 +149,8 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
 
 
 def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:
-    """The file's pages of `source` are not needed once what the model keeps is a copy (bf16
-    converted, float32 widened, quantized): let them go (GGUF, safetensors and .pth
+    """The file's pages of `source` are not needed once what the model keeps is a copy (made
+    contiguous, float32 widened, quantized): let them go (GGUF, safetensors and .pth
     maps), so resident memory holds the weights once."""
     release = getattr(checkpoint, "release", None)
     if release is None or (kept is not None and kept.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()):
@@ -161,15 +158,7 @@ def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.
     release(name)
 
 
-def _as_f16(tensor: torch.Tensor) -> torch.Tensor | None:
-    """A 16-bit float weight as contiguous fp16 (a view of the file when it already is), or
-    None: other dtypes, or bf16 values beyond fp16's range."""
-    if tensor.dtype not in (torch.float16, torch.bfloat16):
-        return None
-    f16 = tensor.to(torch.float16).contiguous()
-    if tensor.dtype == torch.bfloat16 and bool(f16.isinf().any()) and not bool(tensor.isinf().any()):
-        return None  # values past 65504 rounded to infinity
-    return f16
+_SIXTEEN_BIT = {torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}  # kept as the file has them
 
 
 def _check_shape(checkpoint, name: str, shape, expected) -> None:

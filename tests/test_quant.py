@@ -16,7 +16,7 @@ from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
+TYPES = {"F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
          "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
@@ -268,16 +268,16 @@ def test_gguf_q8_0_file_keeps_blocks_and_matches_float(tmp_path):
     assert (fast.logits(ids) - plain.logits(ids)).abs().max().item() < 1e-4
 
 
-def test_gguf_bf16_file_runs_on_the_f16_kernels_with_transformers_answers(tmp_path):
-    """BF16 GGUF weights become fp16 (exact in fp16's normal range) on the F16 path; the logits
-    are those of transformers with the same bf16-rounded weights in float32."""
+def test_gguf_bf16_file_runs_on_the_bf16_kernels_with_transformers_answers(tmp_path):
+    """BF16 GGUF weights stay as the file holds them, on the 16-bit kernels; the logits are
+    those of transformers with the same bf16-rounded weights in float32."""
     from tests.hf_models import write_gguf_from_hf as write
 
     hf = random_hf_llama(seed=8, num_attention_heads=4, num_key_value_heads=2, hidden_size=64, intermediate_size=128)
     path = write(hf, tmp_path / "bf16.gguf", dtype="bf16")
     llm = llamaherd.load(path)
     linears = [m for m in llm.model.modules() if isinstance(m, GGUFLinear)]
-    assert linears and all(m.ggml_type == int(Q.F16) for m in linears)
+    assert linears and all(m.ggml_type == int(Q.BF16) for m in linears)
     with torch.no_grad():  # the reference: transformers on the weights as the file holds them
         for p in hf.parameters():
             if p.dim() == 2:
@@ -285,3 +285,15 @@ def test_gguf_bf16_file_runs_on_the_f16_kernels_with_transformers_answers(tmp_pa
         ids = list(range(3, 30))
         expected = hf(torch.tensor([ids])).logits[0]
     assert (llm.logits(ids) - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+@pytest.mark.parametrize("rows", [2, 12])
+def test_16bit_rows_of_any_length(name, rows):
+    """The 16-bit kernels take rows of whole 8-value vectors; other lengths take the torch path."""
+    n, k = 24, 36
+    raw = gguf_bytes(np.random.default_rng(5).standard_normal((n, k), dtype=np.float32), TYPES[name])
+    layer = GGUFLinear(raw, int(TYPES[name]), n, k)
+    x = torch.randn(rows, k)
+    expected = x.double() @ dequantize(raw, int(TYPES[name]), (n, k)).double().t()
+    assert (layer(x).double() - expected).abs().max().item() < 1e-5 * expected.abs().max().item()

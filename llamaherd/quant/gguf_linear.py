@@ -18,7 +18,7 @@ Nothing is decoded to float32 at load time. Products are computed
         value) moves logits by ~1 on SmolLM2.
     Each row of x is rounded on its own, so batching rows does not change any row's result.
     The loader then lets go of the file's pages, so the weight is held once.
-  * F16 (native kernels): for a few rows of x by converting weight rows to float in
+  * F16, BF16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by decoding a run of rows into a scratch buffer for BLAS.
   * Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, a 256-value super-block
     at a time, in integers with a few rows of x carried by int8 terms as above but with one
@@ -41,6 +41,7 @@ from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
 PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})  # repacked, integer kernels
+SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # converted to float in registers
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
@@ -127,8 +128,9 @@ class GGUFLinear(nn.Module):
             y = self._blas(flat, native())
         else:
             ext = native() if self.raw.device.type == "cpu" else None
-            if ext is not None and self.ggml_type == GGMLType.F16 and flat.shape[0] <= DECODE_ROWS:
-                y = ext.gemm_f16(flat, self.raw, self.out_features)
+            k_vectors = self.in_features % 8 == 0  # the 16-bit kernels take rows of whole vectors
+            if ext is not None and self.ggml_type in SIXTEEN_BIT and k_vectors and flat.shape[0] <= DECODE_ROWS:
+                y = ext.gemm_16bit(flat, self.raw, self.ggml_type, self.out_features)
             elif ext is not None and self.ggml_type in NATIVE_KQUANTS and flat.shape[0] <= DECODE_ROWS:
                 y = ext.gemm_kquant(flat, self.raw, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
             else:
@@ -153,9 +155,9 @@ class GGUFLinear(nn.Module):
             if packed:
                 w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
                 ext.dequant_packed(self.packed, self.ggml_type, n, k, r0, r1, w)
-            elif ext is not None and self.ggml_type == GGMLType.F16:
+            elif ext is not None and self.ggml_type in SIXTEEN_BIT and self.in_features % 8 == 0:
                 w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
-                ext.dequant_f16(raw, n, k, r0, r1, w)
+                ext.dequant_16bit(raw, self.ggml_type, n, k, r0, r1, w)
             elif ext is not None and self.ggml_type in NATIVE_KQUANTS:
                 w = _scratch_buffer((r1 - r0) * k, flat.device).view(r1 - r0, k)
                 ext.dequant_kquant(raw, self.ggml_type, n, k, r0, r1, w)

@@ -1,6 +1,6 @@
 // Matrix products straight on GGML weight bytes, AVX2 + FMA + F16C.
 //
-//   * F16: gemm(x, w) for a few rows of x: each weight row is converted to float in
+//   * F16, BF16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
 //   * Q2_K .. Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
@@ -19,11 +19,12 @@
 
 namespace {
 
-enum : int64_t { F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
     case F16: return k * 2;
+    case BF16: return k * 2;
     case Q4_0: return k / 32 * 18;
     case Q4_1: return k / 32 * 20;
     case Q5_0: return k / 32 * 22;
@@ -51,15 +52,20 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline void dequant_row_f16(const uint8_t* row, int64_t k, float* out) {
-  for (int64_t i = 0; i < k; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i))));
+// 8 F16 or BF16 values to float32 (exact both ways; bf16 is float32's top half).
+template <int64_t T>
+inline __m256 load8_16bit(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128((const __m128i*)p);
+  if constexpr (T == F16) return _mm256_cvtph_ps(v);
+  else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
 }
 
-// out[r, :] for rows [r0, r1) of w decoded to float32.
-void dequant_rows_f16(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
+// out[r, :] for rows [r0, r1) of an F16 or BF16 w decoded to float32.
+template <int64_t T>
+void dequant_rows_16bit(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
   at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) dequant_row_f16(w + r * 2 * k, k, out + (r - r0) * k);
+    for (int64_t r = a; r < b; ++r)
+      for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(out + (r - r0) * k + i, load8_16bit<T>(w + r * 2 * k + 2 * i));
   });
 }
 
@@ -72,36 +78,37 @@ constexpr int64_t PREFETCH_BYTES = 2048;
 constexpr int64_t KQUANT_PREFETCH_BYTES = 8192;
 constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
 
-// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16.
-template <int M>
-void gemm_f16_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16 or BF16.
+template <int64_t T, int M>
+void gemm_16bit_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w + n * 2 * k;
     __m256 acc[M];
     for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k; i += 8) {
       if (i % 32 == 0) _mm_prefetch((const char*)row + 2 * i + PREFETCH_BYTES, _MM_HINT_T0);
-      __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(row + 2 * i)));
+      __m256 wv = load8_16bit<T>(row + 2 * i);
       for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * k + i), acc[m]);
     }
     for (int m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]);
   }
 }
 
-void gemm_f16(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+template <int64_t T>
+void gemm_16bit(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   at::parallel_for(0, n, 32, [&](int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < m; m0 += MAX_M) {
       const float* xm = x + m0 * k;
       float* ym = y + m0 * n;
       switch (std::min<int64_t>(MAX_M, m - m0)) {
-        case 1: gemm_f16_tile<1>(xm, w, k, n0, n1, ym, n); break;
-        case 2: gemm_f16_tile<2>(xm, w, k, n0, n1, ym, n); break;
-        case 3: gemm_f16_tile<3>(xm, w, k, n0, n1, ym, n); break;
-        case 4: gemm_f16_tile<4>(xm, w, k, n0, n1, ym, n); break;
-        case 5: gemm_f16_tile<5>(xm, w, k, n0, n1, ym, n); break;
-        case 6: gemm_f16_tile<6>(xm, w, k, n0, n1, ym, n); break;
-        case 7: gemm_f16_tile<7>(xm, w, k, n0, n1, ym, n); break;
-        default: gemm_f16_tile<8>(xm, w, k, n0, n1, ym, n); break;
+        case 1: gemm_16bit_tile<T, 1>(xm, w, k, n0, n1, ym, n); break;
+        case 2: gemm_16bit_tile<T, 2>(xm, w, k, n0, n1, ym, n); break;
+        case 3: gemm_16bit_tile<T, 3>(xm, w, k, n0, n1, ym, n); break;
+        case 4: gemm_16bit_tile<T, 4>(xm, w, k, n0, n1, ym, n); break;
+        case 5: gemm_16bit_tile<T, 5>(xm, w, k, n0, n1, ym, n); break;
+        case 6: gemm_16bit_tile<T, 6>(xm, w, k, n0, n1, ym, n); break;
+        case 7: gemm_16bit_tile<T, 7>(xm, w, k, n0, n1, ym, n); break;
+        default: gemm_16bit_tile<T, 8>(xm, w, k, n0, n1, ym, n); break;
       }
     }
   });
@@ -784,29 +791,34 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
 
 void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
-  TORCH_CHECK(k % (type >= Q2_K ? 256 : 32) == 0, "row length must be a multiple of the block size");
+  const int64_t block = type == F16 || type == BF16 ? 8 : (type >= Q2_K ? 256 : 32);  // 16-bit: one vector
+  TORCH_CHECK(k % block == 0, "row length must be a multiple of ", block);
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
 
 }  // namespace
 
-// x: float32 [M, K]; w: an F16 weight's bytes (N rows of K values). Returns float32 [M, N].
-torch::Tensor gemm_f16_rows(torch::Tensor x, torch::Tensor w, int64_t n) {
+// x: float32 [M, K]; w: an F16 or BF16 weight's bytes (N rows of K values). Returns float32 [M, N].
+torch::Tensor gemm_16bit_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be 2-D float32");
+  TORCH_CHECK(type == F16 || type == BF16, "GGML type ", type, " is not F16 or BF16");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1);
-  check(w, F16, n, k);
+  check(w, type, n, k);
   auto y = torch::empty({m, n}, x.options());
-  gemm_f16(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
+  if (type == F16) gemm_16bit<F16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
+  else gemm_16bit<BF16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
   return y;
 }
 
-// Rows [r0, r1) of an N x K F16 weight decoded into `out` (float32 [r1 - r0, K], contiguous).
-void dequant_f16(torch::Tensor w, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
-  check(w, F16, n, k);
+// Rows [r0, r1) of an N x K F16 or BF16 weight decoded into `out` (float32 [r1 - r0, K], contiguous).
+void dequant_16bit(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, torch::Tensor out) {
+  TORCH_CHECK(type == F16 || type == BF16, "GGML type ", type, " is not F16 or BF16");
+  check(w, type, n, k);
   TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "bad row range");
   TORCH_CHECK(out.dtype() == torch::kFloat32 && out.is_contiguous() && out.numel() >= (r1 - r0) * k, "bad output");
-  dequant_rows_f16(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
+  if (type == F16) dequant_rows_16bit<F16>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
+  else dequant_rows_16bit<BF16>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
 }
 
 // The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed.
@@ -1193,8 +1205,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The kernels touch no Python objects: other threads run meanwhile (the tokenizer being read
   // while weights are repacked, the server's HTTP loop while a batch is decoded).
   const py::call_guard<py::gil_scoped_release> nogil;
-  m.def("gemm_f16", &gemm_f16_rows, "x @ W^T with W in F16 (few rows of x)", nogil);
-  m.def("dequant_f16", &dequant_f16, "decode rows of an F16 weight to float32", nogil);
+  m.def("gemm_16bit", &gemm_16bit_rows, "x @ W^T with W in F16 or BF16 (few rows of x)", nogil);
+  m.def("dequant_16bit", &dequant_16bit, "decode rows of an F16 or BF16 weight to float32", nogil);
   m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved", nogil);
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
