@@ -79,8 +79,10 @@ constexpr int64_t KQUANT_PREFETCH_BYTES = 8192;
 constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
 
 // y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16 or BF16.
+// Its inner loop is a dozen instructions: where it straddles a 64-byte line this Zen 3 runs it
+// 1.5x slower (measured, 1.1 vs 1.65 ms for a 5632 x 2048 F16 product), hence the alignment.
 template <int64_t T, int M>
-void gemm_16bit_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+__attribute__((optimize("align-loops=64"))) void gemm_16bit_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w + n * 2 * k;
     __m256 acc[M];
