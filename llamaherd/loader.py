@@ -4,13 +4,13 @@ The model is created on the meta device (no memory), then each weight is decoded
 assigned in place, so a float model is never held twice.
 
 How Linear weights are held (`quantize`):
-  * None (default): a GGUF file's block-quantized and F16 weights keep their GGML
+  * None (default): a GGUF file's block-quantized and float weights keep their GGML
     encoding and run on the GGUF kernels (quant/gguf_linear.py): memory-mapped as they
     are, or repacked once for the integer kernels (then the file's pages are let go, and
-    q/k/v and w1/w3 share one product each). On the CPU at float32, the fp16 and bf16 Linear
-    weights of Meta and Hugging Face checkpoints stay as they are in the file the same way
-    (F16 / BF16, products in float32): a 7B model takes 13.5 GB, not 27, and decodes twice as
-    fast.
+    q/k/v and w1/w3 share one product each). On the CPU at float32, the float32, fp16 and
+    bf16 Linear weights of Meta and Hugging Face checkpoints stay as they are in the file
+    the same way (products in float32): a 16-bit 7B model takes 13.5 GB, not 27, and
+    decodes twice as fast.
     `int8_activations` picks llama.cpp's rounding of activations for the integer kernels
     (one int8 term instead of three; see quant/gguf_linear.py).
   * "float": everything decoded to `dtype` (the plain path; the reference for tests).
@@ -74,7 +74,7 @@ def build_model(
         if keep_blocks and isinstance(module, (nn.Linear, nn.Embedding)):
             info = checkpoint.tensor_info(name)
             _check_shape(checkpoint, name, info.shape, param.shape)
-            if info.ggml_type == GGMLType.F32:  # a zero-copy view of the map
+            if info.ggml_type == GGMLType.F32 and isinstance(module, nn.Embedding):  # a zero-copy view of the map
                 state[name] = checkpoint.file.raw(info.name).view(torch.float32).view(info.shape)
                 continue
             raw = checkpoint.file.raw(info.name)
@@ -98,9 +98,9 @@ def build_model(
             model.set_submodule(module_name, quantize_linear(tensor.to(device), mode, group_size))
             _release_if_copied(checkpoint, name, tensor, None)
             continue
-        if keep_16bit and isinstance(module, nn.Linear) and tensor.dtype in _SIXTEEN_BIT:
+        if keep_16bit and isinstance(module, nn.Linear) and tensor.dtype in _FILE_FLOATS:
             kept = tensor.contiguous()  # a view of the file where it already is
-            model.set_submodule(module_name, GGUFLinear(kept.view(torch.uint8).reshape(-1), _SIXTEEN_BIT[tensor.dtype], *kept.shape, pack=False))
+            model.set_submodule(module_name, GGUFLinear(kept.view(torch.uint8).reshape(-1), _FILE_FLOATS[tensor.dtype], *kept.shape, pack=False))
             _release_if_copied(checkpoint, name, tensor, kept)
             continue
         state[name] = tensor.to(device=device, dtype=dtype)
@@ -158,7 +158,8 @@ def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.
     release(name)
 
 
-_SIXTEEN_BIT = {torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}  # kept as the file has them
+# Linear weights kept as the file has them, on the float kernels (quant/gguf_linear.py)
+_FILE_FLOATS = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
 
 
 def _check_shape(checkpoint, name: str, shape, expected) -> None:

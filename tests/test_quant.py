@@ -16,7 +16,7 @@ from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
+TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
          "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
@@ -32,7 +32,8 @@ def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
         for f in fields:
             raw[:, f : f + 2] = np.full((len(raw), 1), 0.01, np.float16).view(np.uint8)
     else:
-        raw = w.astype(np.float16).view(np.uint8) if qtype == Q.F16 else quants.quantize(w, qtype)
+        floats = {Q.F32: np.float32, Q.F16: np.float16}
+        raw = w.astype(floats[qtype]).view(np.uint8) if qtype in floats else quants.quantize(w, qtype)
     return torch.from_numpy(np.ascontiguousarray(raw).reshape(-1))
 
 
@@ -287,10 +288,10 @@ def test_gguf_bf16_file_runs_on_the_bf16_kernels_with_transformers_answers(tmp_p
     assert (llm.logits(ids) - expected).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["F16", "BF16"])
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
 @pytest.mark.parametrize("rows", [2, 12])
-def test_16bit_rows_of_any_length(name, rows):
-    """The 16-bit kernels take rows of whole 8-value vectors; other lengths take the torch path."""
+def test_float_rows_of_any_length(name, rows):
+    """The float kernels take rows of whole 8-value vectors; other lengths take the torch path."""
     n, k = 24, 36
     raw = gguf_bytes(np.random.default_rng(5).standard_normal((n, k), dtype=np.float32), TYPES[name])
     layer = GGUFLinear(raw, int(TYPES[name]), n, k)

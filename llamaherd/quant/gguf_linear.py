@@ -18,8 +18,9 @@ Nothing is decoded to float32 at load time. Products are computed
         value) moves logits by ~1 on SmolLM2.
     Each row of x is rounded on its own, so batching rows does not change any row's result.
     The loader then lets go of the file's pages, so the weight is held once.
-  * F16, BF16 (native kernels): for a few rows of x by converting weight rows to float in
-    registers; for many rows by decoding a run of rows into a scratch buffer for BLAS.
+  * F32, F16, BF16 (native kernels): for a few rows of x by converting weight rows to float in
+    registers; for many rows by BLAS, on F32's own bytes or on a run of 16-bit rows decoded
+    into a scratch buffer.
   * Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (native kernels): on the memory-mapped bytes, a 256-value super-block
     at a time, in integers with a few rows of x carried by int8 terms as above but with one
     scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
@@ -41,7 +42,8 @@ from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
 PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0})  # repacked, integer kernels
-SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # converted to float in registers
+FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multiplied as floats, a row at a time
+SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
@@ -128,9 +130,11 @@ class GGUFLinear(nn.Module):
             y = self._blas(flat, native())
         else:
             ext = native() if self.raw.device.type == "cpu" else None
-            k_vectors = self.in_features % 8 == 0  # the 16-bit kernels take rows of whole vectors
-            if ext is not None and self.ggml_type in SIXTEEN_BIT and k_vectors and flat.shape[0] <= DECODE_ROWS:
-                y = ext.gemm_16bit(flat, self.raw, self.ggml_type, self.out_features)
+            k_vectors = self.in_features % 8 == 0  # the float kernels take rows of whole vectors
+            if ext is not None and self.ggml_type in FLOAT_WEIGHTS and k_vectors and flat.shape[0] <= DECODE_ROWS:
+                y = ext.gemm_float(flat, self.raw, self.ggml_type, self.out_features)
+            elif self.ggml_type == GGMLType.F32:  # BLAS on the file's own floats
+                y = flat @ self.raw.view(torch.float32).view(self.out_features, self.in_features).t()
             elif ext is not None and self.ggml_type in NATIVE_KQUANTS and flat.shape[0] <= DECODE_ROWS:
                 y = ext.gemm_kquant(flat, self.raw, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
             else:

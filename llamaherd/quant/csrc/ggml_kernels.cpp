@@ -1,6 +1,6 @@
 // Matrix products straight on GGML weight bytes, AVX2 + FMA + F16C.
 //
-//   * F16, BF16: gemm(x, w) for a few rows of x: each weight row is converted to float in
+//   * F32, F16, BF16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
 //   * Q2_K .. Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
@@ -19,10 +19,11 @@
 
 namespace {
 
-enum : int64_t { F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F32 = 0, F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
+    case F32: return k * 4;
     case F16: return k * 2;
     case BF16: return k * 2;
     case Q4_0: return k / 32 * 18;
@@ -52,9 +53,10 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 8 F16 or BF16 values to float32 (exact both ways; bf16 is float32's top half).
+// 8 F32, F16 or BF16 values to float32 (exact: bf16 is float32's top half).
 template <int64_t T>
-inline __m256 load8_16bit(const uint8_t* p) {
+inline __m256 load8_float(const uint8_t* p) {
+  if constexpr (T == F32) return _mm256_loadu_ps((const float*)p);
   const __m128i v = _mm_loadu_si128((const __m128i*)p);
   if constexpr (T == F16) return _mm256_cvtph_ps(v);
   else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
@@ -65,7 +67,7 @@ template <int64_t T>
 void dequant_rows_16bit(const uint8_t* w, int64_t k, int64_t r0, int64_t r1, float* out) {
   at::parallel_for(r0, r1, 16, [&](int64_t a, int64_t b) {
     for (int64_t r = a; r < b; ++r)
-      for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(out + (r - r0) * k + i, load8_16bit<T>(w + r * 2 * k + 2 * i));
+      for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(out + (r - r0) * k + i, load8_float<T>(w + r * 2 * k + 2 * i));
   });
 }
 
@@ -78,18 +80,19 @@ constexpr int64_t PREFETCH_BYTES = 2048;
 constexpr int64_t KQUANT_PREFETCH_BYTES = 8192;
 constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
 
-// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F16 or BF16.
+// y[m, n] = sum_k x[m, k] * W[n, k] for m < M <= MAX_M, all n in [n0, n1), W in F32, F16 or BF16.
 // Its inner loop is a dozen instructions: where it straddles a 64-byte line this Zen 3 runs it
 // 1.5x slower (measured, 1.1 vs 1.65 ms for a 5632 x 2048 F16 product), hence the alignment.
 template <int64_t T, int M>
-__attribute__((optimize("align-loops=64"))) void gemm_16bit_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+__attribute__((optimize("align-loops=64"))) void gemm_float_tile(const float* x, const uint8_t* w, int64_t k, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  constexpr int B = T == F32 ? 4 : 2;  // bytes a value
   for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* row = w + n * 2 * k;
+    const uint8_t* row = w + n * B * k;
     __m256 acc[M];
     for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k; i += 8) {
-      if (i % 32 == 0) _mm_prefetch((const char*)row + 2 * i + PREFETCH_BYTES, _MM_HINT_T0);
-      __m256 wv = load8_16bit<T>(row + 2 * i);
+      if (i % (64 / B) == 0) _mm_prefetch((const char*)row + B * i + PREFETCH_BYTES, _MM_HINT_T0);
+      __m256 wv = load8_float<T>(row + B * i);
       for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * k + i), acc[m]);
     }
     for (int m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]);
@@ -97,20 +100,20 @@ __attribute__((optimize("align-loops=64"))) void gemm_16bit_tile(const float* x,
 }
 
 template <int64_t T>
-void gemm_16bit(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+void gemm_float(const float* x, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   at::parallel_for(0, n, 32, [&](int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < m; m0 += MAX_M) {
       const float* xm = x + m0 * k;
       float* ym = y + m0 * n;
       switch (std::min<int64_t>(MAX_M, m - m0)) {
-        case 1: gemm_16bit_tile<T, 1>(xm, w, k, n0, n1, ym, n); break;
-        case 2: gemm_16bit_tile<T, 2>(xm, w, k, n0, n1, ym, n); break;
-        case 3: gemm_16bit_tile<T, 3>(xm, w, k, n0, n1, ym, n); break;
-        case 4: gemm_16bit_tile<T, 4>(xm, w, k, n0, n1, ym, n); break;
-        case 5: gemm_16bit_tile<T, 5>(xm, w, k, n0, n1, ym, n); break;
-        case 6: gemm_16bit_tile<T, 6>(xm, w, k, n0, n1, ym, n); break;
-        case 7: gemm_16bit_tile<T, 7>(xm, w, k, n0, n1, ym, n); break;
-        default: gemm_16bit_tile<T, 8>(xm, w, k, n0, n1, ym, n); break;
+        case 1: gemm_float_tile<T, 1>(xm, w, k, n0, n1, ym, n); break;
+        case 2: gemm_float_tile<T, 2>(xm, w, k, n0, n1, ym, n); break;
+        case 3: gemm_float_tile<T, 3>(xm, w, k, n0, n1, ym, n); break;
+        case 4: gemm_float_tile<T, 4>(xm, w, k, n0, n1, ym, n); break;
+        case 5: gemm_float_tile<T, 5>(xm, w, k, n0, n1, ym, n); break;
+        case 6: gemm_float_tile<T, 6>(xm, w, k, n0, n1, ym, n); break;
+        case 7: gemm_float_tile<T, 7>(xm, w, k, n0, n1, ym, n); break;
+        default: gemm_float_tile<T, 8>(xm, w, k, n0, n1, ym, n); break;
       }
     }
   });
@@ -793,23 +796,24 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
 
 void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
-  const int64_t block = type == F16 || type == BF16 ? 8 : (type >= Q2_K ? 256 : 32);  // 16-bit: one vector
+  const int64_t block = type == F32 || type == F16 || type == BF16 ? 8 : (type >= Q2_K ? 256 : 32);  // 16-bit: one vector
   TORCH_CHECK(k % block == 0, "row length must be a multiple of ", block);
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
 
 }  // namespace
 
-// x: float32 [M, K]; w: an F16 or BF16 weight's bytes (N rows of K values). Returns float32 [M, N].
-torch::Tensor gemm_16bit_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
+// x: float32 [M, K]; w: an F32, F16 or BF16 weight's bytes (N rows of K values). Returns float32 [M, N].
+torch::Tensor gemm_float_rows(torch::Tensor x, torch::Tensor w, int64_t type, int64_t n) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be 2-D float32");
-  TORCH_CHECK(type == F16 || type == BF16, "GGML type ", type, " is not F16 or BF16");
+  TORCH_CHECK(type == F32 || type == F16 || type == BF16, "GGML type ", type, " is not F32, F16 or BF16");
   x = x.contiguous();
   const int64_t m = x.size(0), k = x.size(1);
   check(w, type, n, k);
   auto y = torch::empty({m, n}, x.options());
-  if (type == F16) gemm_16bit<F16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
-  else gemm_16bit<BF16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
+  if (type == F32) gemm_float<F32>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
+  else if (type == F16) gemm_float<F16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
+  else gemm_float<BF16>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, y.data_ptr<float>());
   return y;
 }
 
@@ -1207,7 +1211,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The kernels touch no Python objects: other threads run meanwhile (the tokenizer being read
   // while weights are repacked, the server's HTTP loop while a batch is decoded).
   const py::call_guard<py::gil_scoped_release> nogil;
-  m.def("gemm_16bit", &gemm_16bit_rows, "x @ W^T with W in F16 or BF16 (few rows of x)", nogil);
+  m.def("gemm_float", &gemm_float_rows, "x @ W^T with W in F32, F16 or BF16 (few rows of x)", nogil);
   m.def("dequant_16bit", &dequant_16bit, "decode rows of an F16 or BF16 weight to float32", nogil);
   m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved", nogil);
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
