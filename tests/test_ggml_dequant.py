@@ -29,13 +29,14 @@ from llamaherd.quant.ggml_types import BLOCK_GEOMETRY, GGMLType
 MODEL = "/work/shared/assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Types gguf can quantize (so we test on real quantizer output) and types it can only
-# decode (k-quants: we test on random block bytes with sane fp16 scales).
+# decode (k-quants, IQ4: we test on random block bytes with sane fp16 scales).
 QUANTIZABLE = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1]
-K_QUANTS = [QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K]
+K_QUANTS = [QT.Q2_K, QT.Q3_K, QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.IQ4_NL, QT.IQ4_XS]
 EXACT = {QT.F32, QT.F16, QT.BF16}
 
 # Byte offsets of the fp16 super-block scales (d, and dmin where present) in k-quant blocks.
-K_FP16_OFFSETS = {QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,)}
+K_FP16_OFFSETS = {QT.Q2_K: (80, 82), QT.Q3_K: (108,), QT.Q4_K: (0, 2), QT.Q5_K: (0, 2), QT.Q6_K: (208,),
+                  QT.IQ4_NL: (0,), QT.IQ4_XS: (0,)}
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

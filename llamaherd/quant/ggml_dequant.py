@@ -305,7 +305,34 @@ def _decode_q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     sub.mul_((d * _k3_scales(blocks[..., 96:108])).unsqueeze(-1))
 
 
+# --- IQ4: 4-bit indices into a fixed non-linear table of 16 int8 levels ----------------
+
+_IQ4_LEVELS = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32)
+
+
+def _decode_iq4_nl(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    # block_iq4_nl = {f16 d; u8 qs[16]}; value = d * level[q], nibbles as Q4_0's
+    d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
+    out.copy_(_IQ4_LEVELS[_nibbles(blocks[..., 2:18]).long()]).mul_(d)
+
+
+def _decode_iq4_xs(blocks: torch.Tensor, out: torch.Tensor) -> None:
+    # block_iq4_xs = {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: 8 sub-blocks of 32,
+    # sub-block j's 6-bit scale from nibble j of scales_l and bits 2j..2j+1 of scales_h;
+    # value = (d * (scale - 32)) * level[q], each sub-block's 16 bytes nibbled as IQ4_NL's.
+    d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
+    high = blocks[..., 2:4].contiguous().view(torch.int16).to(torch.int32) & 0xFFFF  # [n, 1]
+    low = _nibbles(blocks[..., 4:8].unsqueeze(-1)).flatten(-2).to(torch.int32)  # [n, 8]: j = 2b + nibble
+    shifts = 2 * torch.arange(8, dtype=torch.int32)
+    scale = low | (((high >> shifts) & 3) << 4)
+    sub = out.view(-1, 8, 32)
+    sub.copy_(_IQ4_LEVELS[_nibbles(blocks[..., 8:136].unflatten(-1, (8, 16))).long()])
+    sub.mul_((d * (scale - 32)).unsqueeze(-1))
+
+
 _BLOCK_DECODERS: dict[GGMLType, Callable[[torch.Tensor, torch.Tensor], None]] = {
+    GGMLType.IQ4_NL: _decode_iq4_nl,
+    GGMLType.IQ4_XS: _decode_iq4_xs,
     GGMLType.Q2_K: _decode_q2_k,
     GGMLType.Q3_K: _decode_q3_k,
     GGMLType.Q8_0: _decode_q8_0,

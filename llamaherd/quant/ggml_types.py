@@ -23,6 +23,8 @@ class GGMLType(enum.IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ4_NL = 20
+    IQ4_XS = 23
     I8 = 24
     I16 = 25
     I32 = 26
@@ -46,6 +48,8 @@ BLOCK_GEOMETRY: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q4_K: (256, 2 + 2 + 12 + 128),
     GGMLType.Q5_K: (256, 2 + 2 + 12 + 32 + 128),
     GGMLType.Q6_K: (256, 128 + 64 + 16 + 2),
+    GGMLType.IQ4_NL: (32, 2 + 16),
+    GGMLType.IQ4_XS: (256, 2 + 2 + 4 + 128),
 }
 
 
