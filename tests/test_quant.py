@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
@@ -16,19 +17,19 @@ from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
-TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1,
+TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "IQ4_NL": Q.IQ4_NL,
          "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
 
 
-# k-quant super-blocks (256 values): byte offsets of their fp16 scale fields
+# blocks gguf can't quantize (k-quant super-blocks, IQ4_NL): block bytes, offsets of their fp16 scales
 _K_SCALE_FIELDS = {Q.Q2_K: (84, (80, 82)), Q.Q3_K: (110, (108,)), Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)),
-                   Q.Q6_K: (210, (208,))}
+                   Q.Q6_K: (210, (208,)), Q.IQ4_NL: (18, (0,))}
 
 
 def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
-    if qtype in _K_SCALE_FIELDS:  # gguf can't quantize k-quants: random quants with sane scales
+    if qtype in _K_SCALE_FIELDS:  # gguf can't quantize these: random quants with sane scales
         block, fields = _K_SCALE_FIELDS[qtype]
-        raw = np.random.default_rng(9).integers(0, 256, (w.size // 256, block), dtype=np.uint8)
+        raw = np.random.default_rng(9).integers(0, 256, (w.size // GGML_QUANT_SIZES[qtype][0], block), dtype=np.uint8)
         for f in fields:
             raw[:, f : f + 2] = np.full((len(raw), 1), 0.01, np.float16).view(np.uint8)
     else:
@@ -92,7 +93,7 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
 def test_native_packs_the_types_it_multiplies():
     if native() is None:
         pytest.skip("no native kernels")
-    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0")
     for name in packed:
         raw = gguf_bytes(np.ones((8, 64), np.float32), TYPES[name])
         assert GGUFLinear(raw, int(TYPES[name]), 8, 64).packed is not None
