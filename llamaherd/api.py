@@ -113,7 +113,7 @@ def load(
     "float" decodes everything to `dtype`; "int8" (per output channel) and "int4" (groups
     of `group_size`) quantize Linear weights while loading. See loader.build_model.
 
-    int8_activations: round activations to int8 blocks before products with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
+    int8_activations: round activations to int8 blocks before products with quantized GGUF
     weights, as llama.cpp does: 2-3x faster prefill and batched decoding, but answers move
     (logits by ~1 on SmolLM2, greedy text can change). By default activations are carried
     by three int8 terms, which keeps answers those of the float model.

@@ -27,7 +27,7 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
                         "a quantized file to float32 (default: keep the file's weights as they are)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
     p.add_argument("--int8-activations", action="store_true",
-                   help="round activations to int8 before products with Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and k-quant weights, as llama.cpp does: 2-3x "
+                   help="round activations to int8 before products with quantized GGUF weights, as llama.cpp does: 2-3x "
                         "faster prompts and batches, slightly different answers (default: float-accurate)")
 
 

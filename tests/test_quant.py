@@ -18,12 +18,12 @@ from llamaherd.quant.linear import Int4Linear, Int8Linear
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
 
 TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "IQ4_NL": Q.IQ4_NL,
-         "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
+         "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K, "IQ4_XS": Q.IQ4_XS}
 
 
 # blocks gguf can't quantize (k-quant super-blocks, IQ4_NL): block bytes, offsets of their fp16 scales
 _K_SCALE_FIELDS = {Q.Q2_K: (84, (80, 82)), Q.Q3_K: (110, (108,)), Q.Q4_K: (144, (0, 2)), Q.Q5_K: (176, (0, 2)),
-                   Q.Q6_K: (210, (208,)), Q.IQ4_NL: (18, (0,))}
+                   Q.Q6_K: (210, (208,)), Q.IQ4_NL: (18, (0,)), Q.IQ4_XS: (136, (0,))}
 
 
 def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
@@ -121,8 +121,8 @@ def test_concat_equals_separate_layers(name):
 
 def kquant_minimums(raw: torch.Tensor, qtype, n: int, k: int) -> torch.Tensor:
     """The minimums' share of a k-quant weight (float64 [n, k]): gguf's decode of the same
-    blocks with every quant set to 0 is -dmin * m per value (0 for Q3_K and Q6_K, which have none)."""
-    if qtype in (Q.Q3_K, Q.Q6_K):
+    blocks with every quant set to 0 is -dmin * m per value (0 for Q3_K, Q6_K and IQ4_XS, which have none)."""
+    if qtype in (Q.Q3_K, Q.Q6_K, Q.IQ4_XS):
         return torch.zeros(n, k, dtype=torch.float64)
     block, quant_bytes = {Q.Q2_K: (84, slice(16, 80)), Q.Q4_K: (144, slice(16, None)), Q.Q5_K: (176, slice(16, None))}[qtype]
     zeroed = raw.numpy().reshape(-1, block).copy()

@@ -3,10 +3,10 @@
 //   * F32, F16, BF16: gemm(x, w) for a few rows of x: each weight row is converted to float in
 //     registers and multiplied with every row of x; dequant() decodes runs of rows to
 //     float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float summation order.
-//   * Q2_K .. Q6_K: on the file's bytes, a 256-value super-block at a time: multiplied in
+//   * Q2_K .. Q6_K, IQ4_XS: on the file's bytes, a 256-value super-block at a time: multiplied in
 //     integers with a few rows of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded
 //     to float32 for BLAS (prefill) exactly as GGML decodes them.
-//   * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the loader repacks the weight into an 8-row interleaved layout
+//   * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0: the loader repacks the weight into an 8-row interleaved layout
 //     (pack(), described below) and packed_gemm() multiplies it in integers with x rounded to
 //     int8 blocks, for any number of rows of x. Results equal "dequantize W, round x to its
 //     int8 blocks, then x @ W^T" up to float summation order.
@@ -19,7 +19,7 @@
 
 namespace {
 
-enum : int64_t { F32 = 0, F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, IQ4_NL = 20, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F32 = 0, F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, IQ4_NL = 20, IQ4_XS = 23, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 inline int64_t row_bytes(int64_t type, int64_t k) {
   switch (type) {
@@ -31,6 +31,7 @@ inline int64_t row_bytes(int64_t type, int64_t k) {
     case Q5_0: return k / 32 * 22;
     case Q5_1: return k / 32 * 24;
     case IQ4_NL: return k / 32 * 18;
+    case IQ4_XS: return k / 256 * 136;
     case Q8_0: return k / 32 * 34;
     case Q2_K: return k / 256 * 84;
     case Q3_K: return k / 256 * 110;
@@ -560,6 +561,26 @@ inline __m128i scales_k3(const uint8_t* packed) {
   return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
 }
 
+// IQ4_XS's scales_h (u16) and scales_l[4] -> 16 int8 scales, one per 16 values (each
+// sub-block's twice): (nibble j of scales_l | bits 2j..2j+1 of scales_h << 4) - 32.
+inline __m128i scales_iq4xs(const uint8_t* packed) {
+  uint16_t high;
+  uint32_t low;
+  std::memcpy(&high, packed, 2);
+  std::memcpy(&low, packed + 2, 4);
+  alignas(16) int8_t sc[16];
+  for (int j = 0; j < 8; ++j)
+    sc[2 * j] = sc[2 * j + 1] = int8_t((((low >> (4 * j)) & 0xF) | (((high >> (2 * j)) & 3) << 4)) - 32);
+  return _mm_load_si128((const __m128i*)sc);
+}
+
+// An IQ4_XS sub-block's 16 bytes -> its 32 values, IQ4_LEVELS (value l: low nibble of byte l,
+// l + 16: high nibble).
+inline __m256i iq4xs_values(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128((const __m128i*)qs), low4 = _mm_set1_epi8(0x0F);
+  return iq4_levels(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4)));
+}
+
 // With y, also the floats: y[0 .. 256) = scale * q - min.
 template <int64_t T>
 inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullptr) {
@@ -623,6 +644,18 @@ inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullpt
       _mm256_storeu_si256((__m256i*)(s.q + 64 * j), lo);
       _mm256_storeu_si256((__m256i*)(s.q + 64 * j + 32), hi);
     }
+  } else if constexpr (T == IQ4_XS) {
+    // d | scales_h (u16) | scales_l[4] | qs[128]; sub-block j: its 6-bit scale (less 32) from
+    // nibble j of scales_l and bits 2j of scales_h; its 32 values levels of the nibbles of
+    // qs[16j ..] (value l low, l + 16 high)
+    s.d = half(b);
+    alignas(16) int8_t sc[16];
+    _mm_store_si128((__m128i*)sc, scales_iq4xs(b + 2));
+    for (int g = 0; g < 16; ++g) {
+      s.scale[g] = s.d * float(sc[g]);
+      s.min[g] = 0.f;
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_si256((__m256i*)(s.q + 32 * j), iq4xs_values(b + 8 + 16 * j));
   } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8) | d
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t* sc = (const int8_t*)(b + 192);
@@ -769,6 +802,13 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
               q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * c + 1), one), 4));
             }
           }
+        } else if constexpr (T == IQ4_XS) {  // signed levels, their sign moved onto x
+          d = half(b);
+          scales_int16(scales_iq4xs(b + 2), sc16);
+          for (int j = 0; j < 8; ++j) {
+            sg[j] = iq4xs_values(b + 8 + 16 * j);
+            q[j] = _mm256_sign_epi8(sg[j], sg[j]);
+          }
         } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8, one per 16 values) | d
           d = half(b + 208);
           scales_int16(_mm_loadu_si128((const __m128i*)(b + 192)), sc16);
@@ -792,7 +832,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
           __m256i isum = _mm256_setzero_si256();
           for (int j = 0; j < 8; ++j) {
             __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + 32 * j));
-            if constexpr (T == Q6_K || T == Q3_K) xv = _mm256_sign_epi8(xv, sg[j]);  // the weight's sign moved onto x
+            if constexpr (T == Q6_K || T == Q3_K || T == IQ4_XS) xv = _mm256_sign_epi8(xv, sg[j]);  // the weight's sign moved onto x
             // pair sums <= 2 * 32 * 127 (Q6_K) or 2 * 31 * 128 fit int16; times a 6- or 8-bit scale,
             // 8 sub-blocks of them fit int32
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xv), sc16[j]));
@@ -819,7 +859,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
 
 void check(const torch::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
-  const int64_t block = type == F32 || type == F16 || type == BF16 ? 8 : (type >= Q2_K ? 256 : 32);  // 16-bit: one vector
+  const int64_t block = type == F32 || type == F16 || type == BF16 ? 8 : ((type >= Q2_K && type <= Q6_K) || type == IQ4_XS ? 256 : 32);  // floats: one vector
   TORCH_CHECK(k % block == 0, "row length must be a multiple of ", block);
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
@@ -966,6 +1006,7 @@ torch::Tensor gemm_kquant_rows(torch::Tensor x_in, torch::Tensor w, int64_t type
     case Q4_K: gemm_kquant_q8<Q4_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q5_K: gemm_kquant_q8<Q5_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q6_K: gemm_kquant_q8<Q6_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
+    case IQ4_XS: gemm_kquant_q8<IQ4_XS>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
   }
   return y.view(out_shape);
@@ -981,6 +1022,7 @@ void dequant_kquant(torch::Tensor w, int64_t type, int64_t n, int64_t k, int64_t
     case Q4_K: dequant_kquant_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q5_K: dequant_kquant_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q6_K: dequant_kquant_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case IQ4_XS: dequant_kquant_rows<IQ4_XS>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
   }
 }
