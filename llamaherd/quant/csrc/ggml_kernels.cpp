@@ -150,7 +150,7 @@ void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d,
   }
 }
 
-// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 -------------------------
+// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 -----------------
 //
 // The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
 // 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
@@ -521,7 +521,7 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 }
 
 
-// ---- k-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K --------------------------------------------
+// ---- k-quants (Q2_K .. Q6_K) and IQ4_XS, in 256-value super-blocks ----------------------
 //
 // For BLAS runs a 256-value super-block is unpacked at a time to small integers q[256] with a
 // scale and a minimum per 16 values (in L1), then y = scale * q - min: the same float
@@ -532,7 +532,16 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, 
 struct SuperBlock {
   int8_t q[256];
   float scale[16], min[16];
-  float d;
+
+  // Types whose 16 scales are int8 (Q3_K, Q6_K, IQ4_XS) and that have no minimums.
+  void set_scales(float d, __m128i s8) {
+    alignas(16) int8_t sc[16];
+    _mm_store_si128((__m128i*)sc, s8);
+    for (int g = 0; g < 16; ++g) {
+      scale[g] = d * float(sc[g]);
+      min[g] = 0.f;
+    }
+  }
 };
 
 // Q4_K / Q5_K's 12 scale bytes -> the 8 six-bit scales and the 8 minimums of the sub-blocks,
@@ -581,44 +590,37 @@ inline __m256i iq4xs_values(const uint8_t* qs) {
   return iq4_levels(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4)));
 }
 
+// Sub-block j (32 values) of a Q2_K (0 .. 3) or Q3_K (-4 .. 3) super-block `b`: value
+// 128h + 32i + l (j = 4h + i) is bits 2i..2i+1 of qs[32h + l]; Q3_K: minus 4 unless bit j of
+// hmask[l] is set. (Q2_K: scales[16] | qs[64] | ..; Q3_K: hmask[32] | qs[64] | ..)
+template <int64_t T>
+inline __m256i k23_values(const uint8_t* b, int j) {
+  const uint8_t* qs = b + (T == Q2_K ? 16 : 32);
+  const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 4)));
+  const __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * (j % 4)), _mm256_set1_epi8(0x03));
+  if constexpr (T == Q2_K) return q;
+  const __m256i high = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)b), j), _mm256_set1_epi8(1));
+  return _mm256_sub_epi8(_mm256_or_si256(q, _mm256_slli_epi16(high, 2)), _mm256_set1_epi8(4));
+}
+
 // With y, also the floats: y[0 .. 256) = scale * q - min.
 template <int64_t T>
 inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullptr) {
   if constexpr (T == Q2_K || T == Q3_K) {
     // Q2_K: scales[16] (scale | min << 4) | qs[64] | d | dmin
     // Q3_K: hmask[32] | qs[64] | scales[12] (16 six-bit values, biased by 32) | d
-    // Value 128h + 32j + l: bits 2j..2j+1 of qs[32h + l]; Q3_K: minus 4 unless bit 4h + j of
-    // hmask[l] is set. Sub-block of 16 values g has scale g.
-    const uint8_t* qs = b + (T == Q2_K ? 16 : 32);
-    s.d = half(b + (T == Q2_K ? 80 : 108));
+    // Values: k23_values. Sub-block of 16 values g has scale g.
+    const float d = half(b + (T == Q2_K ? 80 : 108));
     if constexpr (T == Q2_K) {
       const float dmin = half(b + 82);
       for (int g = 0; g < 16; ++g) {
-        s.scale[g] = s.d * float(b[g] & 0xF);
+        s.scale[g] = d * float(b[g] & 0xF);
         s.min[g] = dmin * float(b[g] >> 4);
       }
     } else {
-      alignas(16) int8_t sc[16];
-      _mm_store_si128((__m128i*)sc, scales_k3(b + 96));
-      for (int g = 0; g < 16; ++g) {
-        s.scale[g] = s.d * float(sc[g]);
-        s.min[g] = 0.f;
-      }
+      s.set_scales(d, scales_k3(b + 96));
     }
-    const __m256i low2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
-    __m256i hm;
-    if constexpr (T == Q3_K) hm = _mm256_loadu_si256((const __m256i*)b);
-    for (int h = 0; h < 2; ++h) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * h));
-      for (int j = 0; j < 4; ++j) {
-        __m256i q = _mm256_and_si256(_mm256_srli_epi16(v, 2 * j), low2);
-        if constexpr (T == Q3_K) {  // q - 4 + 4 * bit
-          const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), one);
-          q = _mm256_sub_epi8(_mm256_add_epi8(q, _mm256_slli_epi16(bit, 2)), four);
-        }
-        _mm256_storeu_si256((__m256i*)(s.q + 128 * h + 32 * j), q);
-      }
-    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_si256((__m256i*)(s.q + 32 * j), k23_values<T>(b, j));
   } else if constexpr (T == Q4_K || T == Q5_K) {
     // d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]
     const float d = half(b), dmin = half(b + 2);
@@ -648,22 +650,11 @@ inline void decode_superblock(const uint8_t* b, SuperBlock& s, float* y = nullpt
     // d | scales_h (u16) | scales_l[4] | qs[128]; sub-block j: its 6-bit scale (less 32) from
     // nibble j of scales_l and bits 2j of scales_h; its 32 values levels of the nibbles of
     // qs[16j ..] (value l low, l + 16 high)
-    s.d = half(b);
-    alignas(16) int8_t sc[16];
-    _mm_store_si128((__m128i*)sc, scales_iq4xs(b + 2));
-    for (int g = 0; g < 16; ++g) {
-      s.scale[g] = s.d * float(sc[g]);
-      s.min[g] = 0.f;
-    }
+    s.set_scales(half(b), scales_iq4xs(b + 2));
     for (int j = 0; j < 8; ++j) _mm256_storeu_si256((__m256i*)(s.q + 32 * j), iq4xs_values(b + 8 + 16 * j));
   } else {  // Q6_K: ql[128] | qh[64] | scales[16] (int8) | d
     const uint8_t *ql = b, *qh = b + 128;
-    const int8_t* sc = (const int8_t*)(b + 192);
-    const float d = half(b + 208);
-    for (int i = 0; i < 16; ++i) {
-      s.scale[i] = d * float(sc[i]);
-      s.min[i] = 0.f;
-    }
+    s.set_scales(half(b + 208), _mm_loadu_si128((const __m128i*)(b + 192)));
     const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03), bias = _mm256_set1_epi8(32);
     for (int half_ = 0; half_ < 2; ++half_, ql += 64, qh += 32) {  // 128 values: 4 runs of 32
       const __m256i a = _mm256_loadu_si256((const __m256i*)ql), b2 = _mm256_loadu_si256((const __m256i*)(ql + 32));
@@ -749,8 +740,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
         for (int64_t off = 0; off < bb; off += 64) _mm_prefetch((const char*)b + KQUANT_PREFETCH_BYTES + off, _MM_HINT_T0);
         float d;
         __m256 mn, mn_hi;  // minimums per 32 values (Q4_K, Q5_K) or per 16 (Q2_K, two vectors)
-        if constexpr (T == Q2_K || T == Q3_K) {  // layouts: decode_superblock; sub-block j = 4h + i: bits 2i of qs[32h ..]
-          const uint8_t* qs = b + (T == Q2_K ? 16 : 32);
+        if constexpr (T == Q2_K || T == Q3_K) {  // layouts: decode_superblock
           __m128i s8;  // the 16 int8 scales, one per 16 values
           if constexpr (T == Q2_K) {
             d = half(b + 80);
@@ -765,19 +755,12 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
             s8 = scales_k3(b + 96);
           }
           scales_int16(s8, sc16);
-          const __m256i low2 = _mm256_set1_epi8(0x03);
-          __m256i hm;
-          if constexpr (T == Q3_K) hm = _mm256_loadu_si256((const __m256i*)b);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * h));
-            for (int i = 0; i < 4; ++i) {
-              const int j = 4 * h + i;
-              q[j] = _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), low2);
-              if constexpr (T == Q3_K) {  // q - 4 unless the high bit is set: -4 .. 3, its sign moved onto x
-                const __m256i hbit = _mm256_and_si256(_mm256_srli_epi16(hm, j), _mm256_set1_epi8(1));
-                sg[j] = _mm256_sub_epi8(_mm256_or_si256(q[j], _mm256_slli_epi16(hbit, 2)), _mm256_set1_epi8(4));
-                q[j] = _mm256_sign_epi8(sg[j], sg[j]);
-              }
+          for (int j = 0; j < 8; ++j) {
+            if constexpr (T == Q3_K) {  // -4 .. 3: the sign moved onto x
+              sg[j] = k23_values<T>(b, j);
+              q[j] = _mm256_sign_epi8(sg[j], sg[j]);
+            } else {
+              q[j] = k23_values<T>(b, j);
             }
           }
         } else if constexpr (T == Q4_K || T == Q5_K) {
