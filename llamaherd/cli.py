@@ -31,6 +31,17 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
                         "faster prompts and batches, slightly different answers (default: float-accurate)")
 
 
+def add_cpu_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("CPU threads")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice, one per core)")
+    # Measured on a 2-core EPYC (TinyLlama-shaped Q4_0 and SmolLM2 decode): spinning 13-15% faster
+    # than sleeping when idle; with another busy process on the cores, 1.5-2.5x slower.
+    g.add_argument("--wait", choices=("spin", "sleep"), default=None,
+                   help="how threads wait between pieces of work: 'spin' for a moment before sleeping (OpenMP's and "
+                        "llama.cpp's way, fastest when the cores are otherwise idle) or 'sleep' at once (much faster "
+                        "when other programs share the cores). Default: spin, unless OMP_WAIT_POLICY is set")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
@@ -60,6 +71,11 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace):
     from .api import load
 
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     return load(args.model, verify=getattr(args, "verify", True), quantize=getattr(args, "quantize", None),
                 group_size=getattr(args, "group_size", 32), int8_activations=getattr(args, "int8_activations", False))
 
@@ -80,8 +96,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .eval.bench import peak_rss_bytes, run_bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     llm = load_model(args)
     print(f"model:   {llm.source} ({llm.config.name}); {torch.get_num_threads()} threads")
     print(f"load:    {llm.load_seconds:.2f} s")
@@ -266,10 +280,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_queue < 0 or (args.ctx_size is not None and args.ctx_size < 2):
         raise ValueError("--max-batch must be >= 1, --max-queue >= 0 and --ctx-size >= 2")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     path = Path(args.model) if args.model else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"no such model file or directory: {path}")
@@ -297,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Continue PROMPT with the model, printing tokens as they are generated.")
     p.add_argument("prompt", help="the text to continue ('-' reads it from standard input)")
     add_model_arg(p)
+    add_cpu_args(p)
     add_sampling_args(p)
     p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     p.add_argument("-v", "--verbose", action="store_true", help="print load time and tokens/s to standard error")
@@ -306,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Interactive chat using the model's own chat template. "
                                    "Type /exit (or Ctrl-D, Ctrl-C) to quit, /reset to forget the conversation.")
     add_model_arg(p)
+    add_cpu_args(p)
     add_sampling_args(p)
     p.add_argument("--system", help="a system prompt for the conversation")
     p.set_defaults(func=cmd_chat)
@@ -315,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "second half of each window, as llama.cpp's perplexity tool does.")
     p.add_argument("file", help="a UTF-8 text file")
     add_model_arg(p)
+    add_cpu_args(p)
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
     p.add_argument("--max-windows", type=int, default=None, help="stop after this many windows")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -323,10 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="prefill and decode speed, load time and peak memory",
                        description="Time loading, a prefill of --prompt-tokens and greedy decoding of --gen-tokens.")
     add_model_arg(p)
+    add_cpu_args(p)
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default 512)")
     p.add_argument("--gen-tokens", type=int, default=128, help="decoded tokens (default 128)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="decode batch sizes (default 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="describe a model file",
@@ -372,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve /v1/models, /v1/completions and /v1/chat/completions (OpenAI's API, "
                                    "streaming or not), /health, /metrics, and a chat page at /.")
     add_model_arg(p)
+    add_cpu_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences generated together (default 8)")
@@ -380,18 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-size", type=int, default=None,
                    help="tokens per sequence, prompt included (default: the model's context, at most 4096)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ (or set LLAMAHERD_API_KEY)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # OpenMP threads that spin while waiting make a busy 2-core machine several times
-    # slower (measured: 4x on SmolLM2 decode); sleeping costs <3% when the machine is idle.
-    # Set before torch is imported; an explicit setting by the user wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
+    # OpenMP reads its wait policy once, when torch is imported (after this: commands import it lazily).
+    if getattr(args, "wait", None) == "sleep":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif getattr(args, "wait", None) == "spin":  # OpenMP's default: spin a moment, then sleep
+        os.environ.pop("OMP_WAIT_POLICY", None)
     try:
         return args.func(args)
     except (FormatError, ChecksumError, ValueError, FileNotFoundError, RuntimeError) as e:
