@@ -3,7 +3,7 @@
 Nothing is decoded to float32 at load time. Products are computed
 
   * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0 (native kernels): on a copy of the weight repacked once at load into
-    an 8-row interleaved layout of the same size (csrc/ggml_kernels.cpp), in integers
+    an 8-row interleaved layout of the same size (csrc/packed_kernels.cpp), in integers
     (int8 products, exact), for any number of rows of x. Each 32-value block of x is
     carried by int8 values with one scale per block, in terms, each rounding what the ones
     before missed:

@@ -1,12 +1,14 @@
-"""The native CPU kernels (csrc/ggml_kernels.cpp), compiled on first use and cached.
+"""The native CPU kernels (csrc/*.cpp, one file a job; csrc/common.h describes them),
+compiled on first use and cached.
 
 `native()` returns the compiled module, or None where it cannot be built (no compiler,
 no AVX2/FMA/F16C, not x86-64, or LLAMAHERD_NO_NATIVE=1); callers then fall back to
-pure-torch paths that give the same numbers more slowly. The build takes about a minute
-once per machine and torch version; it is cached where torch caches extensions
+pure-torch paths that give the same numbers more slowly. The build (its .cpp files compiled
+in parallel) takes about a minute once per machine and torch version (72 s on 2 cores);
+it is cached where torch caches extensions
 ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions), in a folder named by a hash of
-the source, the flags and the torch version (a new build removes all but the newest
-KEEP_BUILDS of those folders). Later processes
+the sources (every .cpp and .h in csrc, names included), the flags and the torch version
+(a new build removes all but the newest KEEP_BUILDS of those folders). Later processes
 import the cached library directly: asking torch's builder to check the build costs
 seconds of every start (time to first token), and even importing it (it imports
 setuptools) costs 0.3 s.
@@ -22,7 +24,7 @@ import platform
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("csrc") / "ggml_kernels.cpp"
+CSRC = Path(__file__).with_name("csrc")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
 
@@ -39,10 +41,23 @@ def _cpu_supports_avx2() -> bool:
 NAME = "llamaherd_ggml_kernels"
 
 
+def _sources() -> list[Path]:
+    """The files compiled into the module, sorted by name."""
+    return sorted(CSRC.glob("*.cpp"))
+
+
 def _stamp() -> str:
+    """A hash of every source and header in csrc (sorted by name, names included), the flags
+    and the torch version: a change to any of them builds anew."""
     import torch
 
-    return hashlib.sha256(SOURCE.read_bytes() + repr((FLAGS, torch.__version__)).encode()).hexdigest()
+    h = hashlib.sha256()
+    for path in sorted((p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h")), key=lambda p: p.name):
+        data = path.read_bytes()
+        h.update(f"{path.name}\0{len(data)}\0".encode())
+        h.update(data)
+    h.update(repr((FLAGS, torch.__version__)).encode())
+    return h.hexdigest()
 
 
 def _build_dir(stamp: str) -> Path:
@@ -76,7 +91,7 @@ def native():
         from torch.utils.cpp_extension import load
 
         build_dir.mkdir(parents=True, exist_ok=True)
-        module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+        module = load(name=NAME, sources=[str(p) for p in _sources()], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                       build_directory=str(build_dir), verbose=False)
         _remove_old_builds(build_dir)
         return module

@@ -1,0 +1,33 @@
+// The Python module: the functions of kernels.h (and quantize_q8, for tests).
+#include <torch/extension.h>
+
+#include "common.h"
+#include "kernels.h"
+
+using namespace llamaherd;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The kernels touch no Python objects: other threads run meanwhile (the tokenizer being read
+  // while weights are repacked, the server's HTTP loop while a batch is decoded).
+  const py::call_guard<py::gil_scoped_release> nogil;
+  m.def("gemm_float", &gemm_float_rows, "x @ W^T with W in F32, F16 or BF16 (few rows of x)", nogil);
+  m.def("dequant_16bit", &dequant_16bit, "decode rows of an F16 or BF16 weight to float32", nogil);
+  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved", nogil);
+  m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
+  m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
+  m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
+  m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W a k-quant, Q2_K to Q6_K (few rows of x), x rounded to int8 terms", nogil);
+  m.def("dequant_kquant", &dequant_kquant, "decode rows of a k-quant weight (Q2_K to Q6_K) to float32", nogil);
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
+  m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
+  m.def("quantize_q8", [](torch::Tensor x, int64_t block) {  // for tests: the int8 blocks the kernels multiply
+    TORCH_CHECK(block == 32 || block == 256, "block must be 32 (gemm_packed) or 256 (gemm_kquant)");
+    TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % block == 0, "x must be float32 [M, K], K % block == 0");
+    x = x.contiguous();
+    auto q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
+    auto d = torch::empty({x.size(0), x.size(1) / block}, x.options());
+    quantize_rows_q8(x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<int8_t>(), d.data_ptr<float>(), block);
+    return std::make_tuple(q, d);
+  }, "int8 blocks and their scales, as gemm_packed (32) and gemm_kquant (256) round x", py::arg("x"), py::arg("block") = 32);
+}

@@ -1,0 +1,184 @@
+// The native CPU kernels: matrix products straight on GGML weight bytes, AVX2 + FMA + F16C,
+// and the small fused float32 ops of a decode step. One job a file:
+//
+//   * float_kernels.cpp: F32, F16, BF16: gemm(x, w) for a few rows of x: each weight row is
+//     converted to float in registers and multiplied with every row of x; dequant() decodes
+//     runs of rows to float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float
+//     summation order.
+//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes, a 256-value super-block at
+//     a time: multiplied in integers with a few rows of x rounded to int8 (gemm_kquant_q8), or
+//     runs of rows decoded to float32 for BLAS (prefill) exactly as GGML decodes them.
+//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0: the loader repacks the weight
+//     into an 8-row interleaved layout (pack(), described there) and packed_gemm() multiplies
+//     it in integers with x rounded to int8 blocks, for any number of rows of x. Results equal
+//     "dequantize W, round x to its int8 blocks, then x @ W^T" up to float summation order.
+//   * fused_ops.cpp: rms_norm, silu_mul and decode_attention, each one call in place of
+//     several torch ops of a decode step.
+//   * bindings.cpp: the Python module; kernels.h declares the functions it binds.
+//   * common.h (this file): what they share: GGML type ids and row sizes, float helpers, the
+//     prefetch and threading constants, x rounded to int8 blocks, argument checks.
+//
+// All is in namespace llamaherd, the matrix kernels' internals in an anonymous namespace of
+// their file. Functions defined here are inline or templates.
+#pragma once
+
+// ATen's own headers, not torch/extension.h: each kernel file compiles in ~8 s of headers
+// instead of ~45 (measured); only bindings.cpp includes torch/extension.h.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+#include <cstring>
+#include <array>
+#include <vector>
+
+namespace llamaherd {
+
+enum : int64_t { F32 = 0, F16 = 1, BF16 = 30, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, IQ4_NL = 20, IQ4_XS = 23, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+
+inline int64_t row_bytes(int64_t type, int64_t k) {
+  switch (type) {
+    case F32: return k * 4;
+    case F16: return k * 2;
+    case BF16: return k * 2;
+    case Q4_0: return k / 32 * 18;
+    case Q4_1: return k / 32 * 20;
+    case Q5_0: return k / 32 * 22;
+    case Q5_1: return k / 32 * 24;
+    case IQ4_NL: return k / 32 * 18;
+    case IQ4_XS: return k / 256 * 136;
+    case Q8_0: return k / 32 * 34;
+    case Q2_K: return k / 256 * 84;
+    case Q3_K: return k / 256 * 110;
+    case Q4_K: return k / 256 * 144;
+    case Q5_K: return k / 256 * 176;
+    case Q6_K: return k / 256 * 210;
+  }
+  TORCH_CHECK(false, "unsupported GGML type ", type);
+}
+
+inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+constexpr int MAX_M = 8;  // rows of x handled together in one pass over the weights
+// A single core's hardware prefetch leaves DRAM bandwidth unused when it streams weights:
+// the kernels ask for bytes this far ahead (measured best of 512..3072 on a 2-core EPYC).
+constexpr int64_t PREFETCH_BYTES = 2048;
+// The k-quant kernel does better asking further ahead (measured on the same machine: Q4_K_M
+// decode 8% faster at 8 KiB than at 2 KiB, 16 KiB no better; the packed kernels no better at 8).
+constexpr int64_t KQUANT_PREFETCH_BYTES = 8192;
+constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
+
+// IQ4_NL and IQ4_XS: each 4-bit value indexes these 16 levels (GGML's kvalues_iq4nl): d * level
+inline constexpr int8_t IQ4_LEVELS[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+inline __m256i iq4_levels(__m256i nibbles) {
+  const __m128i table = _mm_loadu_si128((const __m128i*)IQ4_LEVELS);
+  return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
+}
+
+// --- int8-rounded activations -----------------------------------------------------------
+
+// x [m, k] -> int8 values q [m, k] and one float scale per block of `block` values (32 or
+// 256), d [m, k/block]: x ~ d * q.
+inline void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d, int64_t block = 32) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < m * k / block; ++i) {
+    const float* xb = x + block * i;
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t j = 0; j < block; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(xb + j)));
+    __m128 mx = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
+    mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
+    const float scale = _mm_cvtss_f32(mx) / 127.f;
+    d[i] = scale;
+    const __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
+    for (int64_t c = 0; c < block; c += 32) {
+      __m256i r[4];
+      for (int j = 0; j < 4; ++j)  // round half to even, as torch.round does
+        r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + c + 8 * j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      // pack 4 x 8 int32 -> 32 int8 in order (packs work within 128-bit lanes: fix the order after)
+      __m256i p16a = _mm256_packs_epi32(r[0], r[1]), p16b = _mm256_packs_epi32(r[2], r[3]);
+      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256((__m256i*)(q + block * i + c), p8);
+    }
+  }
+}
+
+// x rounded to int8 blocks: q [m, k], scale d [m, k/block] and sums s [m, k/32] per 32 values.
+struct Q8Act {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> s;
+};
+
+// Row i of x as `terms` rows of int8 blocks (rows terms*i ..): the first rounds x, each next
+// one rounds what the ones before missed (|x - first| <= d/2 per block, so the second's step
+// is <= d/254): two terms carry x to about 2^-15 of each block's largest value, three to 2^-22.
+// Blocks of 32 values for the packed kernels; of 256 (one scale per k-quant super-block, as
+// GGML's Q8_K) for the k-quant ones.
+inline Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms, int64_t block = 32) {
+  const int64_t nb = k / 32, nd = k / block, rows = m * terms;
+  Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nd), std::vector<int32_t>(rows * nb)};
+  at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> rest(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* src = x + r * k;
+      for (int64_t t = 0; t < terms; ++t) {
+        const int64_t row = r * terms + t;
+        int8_t* q = a.q.data() + row * k;
+        float* d = a.d.data() + row * nd;
+        quantize_rows_q8(src, 1, k, q, d, block);
+        if (t + 1 < terms) {  // what this term leaves for the next
+          for (int64_t i = 0; i < k; ++i) rest[i] = src[i] - d[i / block] * float(q[i]);
+          src = rest.data();
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          int32_t sum = 0;
+          for (int j = 0; j < 32; ++j) sum += q[32 * b + j];
+          a.s[row * nb + b] = sum;
+        }
+      }
+    }
+  });
+  return a;
+}
+
+inline void check(const at::Tensor& w, int64_t type, int64_t n, int64_t k) {
+  TORCH_CHECK(w.dtype() == at::kByte && w.is_contiguous() && w.dim() == 1, "w must be contiguous 1-D uint8");
+  const int64_t block = type == F32 || type == F16 || type == BF16 ? 8 : ((type >= Q2_K && type <= Q6_K) || type == IQ4_XS ? 256 : 32);  // floats: one vector
+  TORCH_CHECK(k % block == 0, "row length must be a multiple of ", block);
+  TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
+}
+
+// The integer products' x (float32 [..., K], any leading dimensions) as rows [M, K], checked
+// with x_terms, and the shape of their result [..., N].
+struct ProductRows {
+  at::Tensor x;
+  std::vector<int64_t> out_shape;
+  int64_t m, k;
+};
+
+inline ProductRows product_rows(at::Tensor x, int64_t n, int64_t x_terms) {
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() >= 1, "x must be float32 [..., K]");
+  TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
+  auto out_shape = x.sizes().vec();
+  const int64_t k = out_shape.back();
+  out_shape.back() = n;
+  x = x.contiguous().view({-1, k});
+  return {x, out_shape, x.size(0), k};
+}
+
+}  // namespace llamaherd
