@@ -317,7 +317,7 @@ void gemm_kquant_q8(const float* x, const uint8_t* w, int64_t m, int64_t k, int6
             }
           for (int i = 0; i < R; ++i)
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * a.d[i * nsb + sb]), acc[i]);
-        } else {  // row by row (in that order measured 15% faster than the above for 4 rows)
+        } else {  // any number of rows, one at a time
           for (int64_t i = 0; i < rows; ++i) {
             const int8_t* xq = a.q.data() + i * k + 256 * sb;
             __m256i isum = _mm256_setzero_si256();
