@@ -163,6 +163,13 @@ inline void check(const at::Tensor& w, int64_t type, int64_t n, int64_t k) {
   TORCH_CHECK(w.numel() == n * row_bytes(type, k), "w has ", w.numel(), " bytes, expected ", n * row_bytes(type, k));
 }
 
+// Decoding rows [r0, r1) of an n-row weight into out: float32, contiguous, room for them.
+inline void check_row_run(const at::Tensor& out, int64_t n, int64_t k, int64_t r0, int64_t r1) {
+  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "rows [", r0, ", ", r1, ") are not within the weight's ", n);
+  TORCH_CHECK(out.dtype() == at::kFloat && out.is_contiguous() && out.numel() >= (r1 - r0) * k,
+              "out must be contiguous float32 with room for ", r1 - r0, " rows of ", k);
+}
+
 // The integer products' x (float32 [..., K], any leading dimensions) as rows [M, K], checked
 // with x_terms, and the shape of their result [..., N].
 struct ProductRows {

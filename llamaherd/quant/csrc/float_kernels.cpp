@@ -84,8 +84,7 @@ at::Tensor gemm_float_rows(at::Tensor x, at::Tensor w, int64_t type, int64_t n) 
 void dequant_16bit(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {
   TORCH_CHECK(type == F16 || type == BF16, "GGML type ", type, " is not F16 or BF16");
   check(w, type, n, k);
-  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "bad row range");
-  TORCH_CHECK(out.dtype() == at::kFloat && out.is_contiguous() && out.numel() >= (r1 - r0) * k, "bad output");
+  check_row_run(out, n, k, r0, r1);
   if (type == F16) dequant_rows_16bit<F16>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
   else dequant_rows_16bit<BF16>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
 }

@@ -370,8 +370,7 @@ at::Tensor gemm_kquant_rows(at::Tensor x_in, at::Tensor w, int64_t type, int64_t
 
 void dequant_kquant(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {
   check(w, type, n, k);
-  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "rows out of range");
-  TORCH_CHECK(out.dtype() == at::kFloat && out.is_contiguous() && out.numel() == (r1 - r0) * k, "out must be float32 [r1 - r0, k]");
+  check_row_run(out, n, k, r0, r1);
   switch (type) {
     case Q2_K: dequant_kquant_rows<Q2_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q3_K: dequant_kquant_rows<Q3_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;

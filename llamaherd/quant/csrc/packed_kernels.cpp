@@ -391,8 +391,7 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
 // Rows [r0, r1) of a packed N x K weight decoded into `out` (float32 [r1 - r0, K], contiguous).
 void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {
   check_packed(w, type, n, k);
-  TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= n, "bad row range");
-  TORCH_CHECK(out.dtype() == at::kFloat && out.is_contiguous() && out.numel() >= (r1 - r0) * k, "bad output");
+  check_row_run(out, n, k, r0, r1);
   switch (type) {
     case Q4_0: dequant_packed_rows<Q4_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_1: dequant_packed_rows<Q4_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
