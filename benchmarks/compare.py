@@ -214,13 +214,13 @@ def run_worker(engine: str, task: str, model: Path, args, **extra) -> dict | Non
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def read_bandwidth() -> float:
-    """Bytes/s of streaming reads over 1 GiB (far beyond the caches), best of 5, on args.threads threads."""
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s of streaming reads over 1 GiB (far beyond the caches), best of `repeats`, on args.threads threads."""
     import torch
 
     a = torch.ones(1 << 27, dtype=torch.int64)
     best = 0.0
-    for _ in range(5):
+    for _ in range(repeats):
         t = time.perf_counter()
         a.sum()
         best = max(best, a.numel() * 8 / (time.perf_counter() - t))
@@ -248,11 +248,27 @@ def fmt(v, spec=".1f"):
 
 def interleaved_best_rates(engines: list[str], kind: str, path: Path, args, tokens: int) -> tuple:
     """Best tokens/s of llamaherd and llama.cpp, their runs interleaved so both see the same load."""
+    rates = interleaved_rounds(engines, kind, path, args, tokens)
+    return tuple(max((r for r, _ in rates.get(e, []) if r), default=None) for e in ("llamaherd", "llamacpp"))
+
+
+def interleaved_rounds(engines: list[str], kind: str, path: Path, args, tokens: int, bandwidth: bool = False) -> dict:
+    """Per engine, each round's (tokens/s, read bandwidth measured just before that round, or None).
+    This machine's bandwidth swings by a third within minutes, so a decode rate is compared
+    with the bandwidth of its own round, not the run's first measurement."""
     res = {e: [] for e in engines}
     for _ in range(args.rounds):
+        bw = read_bandwidth(repeats=3) if bandwidth else None
         for e in engines:
-            res[e].append(run_worker(e, kind, path, args, tokens=tokens))
-    return best(res["llamaherd"], "tps"), best(res.get("llamacpp", []), "tps")
+            r = run_worker(e, kind, path, args, tokens=tokens)
+            res[e].append((r["tps"] if r else None, bw))
+    return res
+
+
+def best_with_bandwidth(rounds: list) -> tuple:
+    """The best rate of an engine's rounds and the bandwidth measured before it."""
+    done = [(r, bw) for r, bw in rounds if r]
+    return max(done) if done else (None, None)
 
 
 def main() -> None:
@@ -294,16 +310,19 @@ def main() -> None:
     engines = ["llamaherd"] + (["llamacpp"] if have_cpp else [])
 
     if "decode" in args.only:
-        print(f"\n## decode, batch 1, {args.tokens} tokens after an {PROMPT}-token prompt (tokens/s)")
+        print(f"\n## decode, batch 1, {args.tokens} tokens after an {PROMPT}-token prompt (tokens/s); limit: read "
+              "bandwidth / bytes per token, bandwidth measured before each round, %bw against the best rate's round")
         print(f"{'model':16s} {'llamaherd':>10s} {'llama.cpp':>10s} {'ratio':>6s} {'limit':>7s} {'lh %bw':>7s} {'cpp %bw':>7s}")
         for label, path in models.items():
             if not path.exists():
                 continue
-            lh, cpp = interleaved_best_rates(engines, "decode", path, args, args.tokens)
-            limit = bw / bytes_per_token(path)
+            rounds = interleaved_rounds(engines, "decode", path, args, args.tokens, bandwidth=True)
+            (lh, lh_bw), (cpp, cpp_bw) = best_with_bandwidth(rounds["llamaherd"]), best_with_bandwidth(rounds.get("llamacpp", []))
+            per_token = bytes_per_token(path)
+            limit = (lh_bw or cpp_bw or bw) / per_token
             print(f"{label:16s} {fmt(lh, '.2f'):>10s} {fmt(cpp, '.2f'):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s} "
-                  f"{limit:7.2f} {fmt(lh / limit * 100 if lh else None, '.0f'):>6s}% {fmt(cpp / limit * 100 if cpp else None, '.0f'):>6s}%",
-                  flush=True)
+                  f"{limit:7.2f} {fmt(lh / (lh_bw / per_token) * 100 if lh else None, '.0f'):>6s}% "
+                  f"{fmt(cpp / (cpp_bw / per_token) * 100 if cpp else None, '.0f'):>6s}%", flush=True)
 
     if "prefill" in args.only:
         print(f"\n## prefill, {args.prefill_tokens}-token prompt (tokens/s); 'int8-x': llamaherd with --int8-activations "

@@ -6,13 +6,15 @@ Nothing is decoded to float32 at load time. Products are computed
     an 8-row interleaved layout of the same size (csrc/packed_kernels.cpp), in integers
     (int8 products, exact), for any number of rows of x. Each 32-value block of x is
     carried by int8 values with one scale per block, in terms, each rounding what the ones
-    before missed:
+    before missed at 1/128 of the previous term's scale (so a row's terms add up in integers
+    before one conversion to float):
       - by default three terms: x kept to ~2^-22 of its block's largest value, float32's
         own precision, so answers stay those of the float model (SmolLM2: same greedy
         text, logits within 1e-3 of transformers, sampled tokens independent of batching).
-        Decoding (up to DECODE_ROWS rows) costs about what one term does (measured: the
-        weights' memory traffic dominates); for more rows (prefill) three terms cost more
-        than decoding runs of packed rows to float32 for BLAS, which is done instead;
+        Decoding (up to DECODE_ROWS rows) costs about 1.4x what one term does (measured on
+        TinyLlama-shaped Q4_0: 14 against 20 GB/s, where one term is at the memory's limit);
+        for more rows (prefill) three terms cost more than decoding runs of packed rows to
+        float32 for BLAS, which is done instead;
       - with int8_activations (load(..., int8_activations=True)) one term, as llama.cpp does:
         a third of the arithmetic, but |error| <= half a step (1/254 of the block's largest
         value) moves logits by ~1 on SmolLM2.

@@ -21,13 +21,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
   m.def("silu_mul", &silu_mul, "silu(gate) * up of side-by-side halves", nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
-  m.def("quantize_q8", [](torch::Tensor x, int64_t block) {  // for tests: the int8 blocks the kernels multiply
+  m.def("quantize_q8", [](torch::Tensor x, int64_t block, int64_t terms) {  // for tests: the int8 terms the kernels multiply
     TORCH_CHECK(block == 32 || block == 256, "block must be 32 (gemm_packed) or 256 (gemm_kquant)");
+    TORCH_CHECK(1 <= terms && terms <= 3, "terms must be 1, 2 or 3");
     TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) % block == 0, "x must be float32 [M, K], K % block == 0");
     x = x.contiguous();
-    auto q = torch::empty(x.sizes(), x.options().dtype(torch::kInt8));
-    auto d = torch::empty({x.size(0), x.size(1) / block}, x.options());
-    quantize_rows_q8(x.data_ptr<float>(), x.size(0), x.size(1), q.data_ptr<int8_t>(), d.data_ptr<float>(), block);
+    const int64_t m = x.size(0), k = x.size(1);
+    const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, terms, block);
+    auto q = torch::from_blob((void*)a.q.data(), {m, terms, k}, torch::kInt8).clone();
+    auto d = torch::from_blob((void*)a.d.data(), {m, terms, k / block}, torch::kFloat32).clone();
     return std::make_tuple(q, d);
-  }, "int8 blocks and their scales, as gemm_packed (32) and gemm_kquant (256) round x", py::arg("x"), py::arg("block") = 32);
+  }, "x as int8 terms q [M, terms, K] with scales d [M, terms, K / block], as gemm_packed (block 32) and gemm_kquant (256) carry it",
+     py::arg("x"), py::arg("block") = 32, py::arg("terms") = 1);
 }

@@ -90,31 +90,30 @@ inline __m256i iq4_levels(__m256i nibbles) {
 
 // --- int8-rounded activations -----------------------------------------------------------
 
-// x [m, k] -> int8 values q [m, k] and one float scale per block of `block` values (32 or
-// 256), d [m, k/block]: x ~ d * q.
-inline void quantize_rows_q8(const float* x, int64_t m, int64_t k, int8_t* q, float* d, int64_t block = 32) {
+// max|x| / 127 over `block` values: the scale that rounds them to int8.
+inline float block_scale(const float* xb, int64_t block) {
   const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-  for (int64_t i = 0; i < m * k / block; ++i) {
-    const float* xb = x + block * i;
-    __m256 amax = _mm256_setzero_ps();
-    for (int64_t j = 0; j < block; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(xb + j)));
-    __m128 mx = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
-    mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
-    const float scale = _mm_cvtss_f32(mx) / 127.f;
-    d[i] = scale;
-    const __m256 inv = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
-    for (int64_t c = 0; c < block; c += 32) {
-      __m256i r[4];
-      for (int j = 0; j < 4; ++j)  // round half to even, as torch.round does
-        r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + c + 8 * j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      // pack 4 x 8 int32 -> 32 int8 in order (packs work within 128-bit lanes: fix the order after)
-      __m256i p16a = _mm256_packs_epi32(r[0], r[1]), p16b = _mm256_packs_epi32(r[2], r[3]);
-      __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-      p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-      _mm256_storeu_si256((__m256i*)(q + block * i + c), p8);
-    }
-  }
+  __m256 amax = _mm256_setzero_ps();
+  for (int64_t j = 0; j < block; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(xb + j)));
+  __m128 mx = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
+  mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
+  return _mm_cvtss_f32(mx) / 127.f;
+}
+
+// 32 values v * inv rounded half to even (as torch.round) to int8 at q; returns them as int32.
+inline void round_to_int8(const __m256 v[4], __m256 inv, int8_t* q, __m256i r[4]) {
+  for (int j = 0; j < 4; ++j) r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  // pack 4 x 8 int32 -> 32 int8 in order (packs work within 128-bit lanes: fix the order after)
+  const __m256i p8 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+  _mm256_storeu_si256((__m256i*)q, _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
 }
 
 // x rounded to int8 blocks: q [m, k], scale d [m, k/block] and sums s [m, k/32] per 32 values.
@@ -124,31 +123,40 @@ struct Q8Act {
   std::vector<int32_t> s;
 };
 
-// Row i of x as `terms` rows of int8 blocks (rows terms*i ..): the first rounds x, each next
-// one rounds what the ones before missed (|x - first| <= d/2 per block, so the second's step
-// is <= d/254): two terms carry x to about 2^-15 of each block's largest value, three to 2^-22.
+// A term's scale is the first's over TERM_RATIO^t: a power of two, so the packed kernels add a
+// row's terms in integers before one conversion to float (packed_kernels.cpp).
+constexpr int TERM_SHIFT = 7;
+constexpr float TERM_RATIO = 1 << TERM_SHIFT;
+
+// Row i of x as `terms` rows of int8 blocks (rows terms*i ..). The first rounds x with
+// d = max|x| / 127 per block; term t rounds what the ones before missed with d / 128^t,
+// which leaves at most half its step, so each next term's values lie in [-64, 64].
+// x = d * (q0 + q1 / 128 + q2 / 128^2) + e with |e| <= d / 2 / 128^(terms-1): three terms
+// carry x to d * 2^-15, about 2^-22 of each block's largest value (float32's own precision).
 // Blocks of 32 values for the packed kernels; of 256 (one scale per k-quant super-block, as
 // GGML's Q8_K) for the k-quant ones.
 inline Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms, int64_t block = 32) {
   const int64_t nb = k / 32, nd = k / block, rows = m * terms;
   Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nd), std::vector<int32_t>(rows * nb)};
   at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> rest(k);
     for (int64_t r = r0; r < r1; ++r) {
       const float* src = x + r * k;
-      for (int64_t t = 0; t < terms; ++t) {
-        const int64_t row = r * terms + t;
-        int8_t* q = a.q.data() + row * k;
-        float* d = a.d.data() + row * nd;
-        quantize_rows_q8(src, 1, k, q, d, block);
-        if (t + 1 < terms) {  // what this term leaves for the next
-          for (int64_t i = 0; i < k; ++i) rest[i] = src[i] - d[i / block] * float(q[i]);
-          src = rest.data();
-        }
-        for (int64_t b = 0; b < nb; ++b) {
-          int32_t sum = 0;
-          for (int j = 0; j < 32; ++j) sum += q[32 * b + j];
-          a.s[row * nb + b] = sum;
+      for (int64_t i = 0; i < nd; ++i) {
+        const float d = block_scale(src + block * i, block);
+        for (int64_t t = 0; t < terms; ++t) a.d[(r * terms + t) * nd + i] = std::ldexp(d, -TERM_SHIFT * int(t));
+      }
+      for (int64_t c = 0; c < nb; ++c) {  // 32 values at a time, each term rounding the rest
+        const float d = a.d[r * terms * nd + 32 * c / block];
+        __m256 rest[4];
+        __m256i qi[4];
+        for (int j = 0; j < 4; ++j) rest[j] = _mm256_loadu_ps(src + 32 * c + 8 * j);
+        for (int64_t t = 0; t < terms; ++t) {
+          const int64_t row = r * terms + t;
+          const float inv = std::ldexp(1.f / d, TERM_SHIFT * int(t));  // d tiny: inf, the terms 0
+          round_to_int8(rest, _mm256_set1_ps(d > 0.f && std::isfinite(inv) ? inv : 0.f), a.q.data() + row * k + 32 * c, qi);
+          a.s[row * nb + c] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
+          const __m256 step = _mm256_set1_ps(a.d[row * nd + 32 * c / block]);
+          for (int j = 0; j < 4; ++j) rest[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(qi[j]), step, rest[j]);
         }
       }
     }

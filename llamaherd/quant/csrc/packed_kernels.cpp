@@ -225,37 +225,88 @@ inline __m256i bcast4(const int8_t* p) {  // 4 int8 values repeated in all 8 lan
   return _mm256_set1_epi32(v);
 }
 
-// y[m, 8g .. 8g+7] for TM rows of x against weight group g (8 rows, lanes of one vector).
-template <int64_t T, int TM>
-inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int64_t m0, int64_t k, float* out8) {
+// A row of x's block b as its terms carry it (quantize_act): x = e * sum_t q_t * 128^(TERMS-1-t).
+// s0 and tail are the sums of the first term's values and of the other terms' (as combined);
+// all of them sum e * (s0 * 128^(TERMS-1) + tail), for the minimums of Q4_1 and Q5_1.
+struct BlockTerms {
+  float e, s0, tail, all;
+};
+
+std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64_t terms) {
+  std::vector<BlockTerms> out(m * nb);
+  const float top = std::ldexp(1.f, TERM_SHIFT * int(terms - 1));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int32_t* s = a.s.data() + r * terms * nb + b;  // term t's sum at s[t * nb]
+      int32_t tail = 0;
+      for (int64_t t = 1; t < terms; ++t) tail = (tail << TERM_SHIFT) + s[t * nb];
+      const float e = a.d[r * terms * nb + b] / top;
+      out[r * nb + b] = {e, float(s[0]), float(tail), e * (float(s[0]) * top + float(tail))};
+    }
+  return out;
+}
+
+// The int32 dot products of one packed block's 8 rows (lanes) with 32 int8 values at xb, from
+// the block's nibbles (values 8c..8c+3 of each row in lo[c], 8c+4..8c+7 in hi[c]).
+template <int64_t T>
+inline __m256i nibble_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0
+    __m256i dot = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {  // pair sums <= 2 * 127 * 127: each to int32 on its own
+      const __m256i pl = _mm256_maddubs_epi16(_mm256_sign_epi8(lo[c], lo[c]), _mm256_sign_epi8(bcast4(xb + 8 * c), lo[c]));
+      const __m256i ph = _mm256_maddubs_epi16(_mm256_sign_epi8(hi[c], hi[c]), _mm256_sign_epi8(bcast4(xb + 8 * c + 4), hi[c]));
+      dot = _mm256_add_epi32(dot, _mm256_add_epi32(_mm256_madd_epi16(pl, ones16), _mm256_madd_epi16(ph, ones16)));
+    }
+    return dot;
+  } else {
+    // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
+    // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
+    // Summed as a tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
+    __m256i s[4];
+    for (int c = 0; c < 4; ++c)
+      s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)), _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
+    if constexpr (FIVE_BITS<T>)
+      return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
+    else
+      return _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
+  }
+}
+
+// y[m, 8g .. 8g+7] for TM rows of x, each carried by TERMS int8 terms, against weight group g
+// (8 rows, lanes of one vector). A row's terms are added in integers: the first term's dot
+// product and the others' combined (the first times 128^(TERMS-1) would overflow Q8_0's), each
+// exact in float32, then one multiply-add joins them: as many float operations as one term.
+template <int64_t T, int TM, int TERMS>
+inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
   const int64_t gb = packed_block_bytes(T);
-  const __m256i ones16 = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256 top = _mm256_set1_ps(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
   __m256 acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
-  const int8_t* xq = a.q.data() + m0 * k;
-  const float* xd = a.d.data() + m0 * nb;
-  const int32_t* xs = a.s.data() + m0 * nb;
+  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = gw + b * gb;
     for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
+    __m256 mw;
+    if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
+    __m256i dot[TM][TERMS];
     if constexpr (T == Q8_0) {
-      const uint8_t* qv = blk + 16;
-      __m256i dot[TM];
-      for (int m = 0; m < TM; ++m) dot[m] = _mm256_setzero_si256();
-      for (int c = 0; c < 8; ++c) {
-        const __m256i w = _mm256_loadu_si256((const __m256i*)(qv + 32 * c));
-        const __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes; the sign moves onto x
-        for (int m = 0; m < TM; ++m) {
-          const __m256i xv = _mm256_sign_epi8(bcast4(xq + m * k + 32 * b + 4 * c), w);
-          // |pair sums| <= 2 * 128 * 127 fit int16; widen to int32 before adding chunks
-          dot[m] = _mm256_add_epi32(dot[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones16));
-        }
-      }
+      const __m256i ones16 = _mm256_set1_epi16(1);
       for (int m = 0; m < TM; ++m)
-        acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xd[m * nb + b])), _mm256_cvtepi32_ps(dot[m]), acc[m]);
-    } else {
-      // the block's 32 nibbles of each of the 8 rows, unpacked once for all TM rows of x
+        for (int t = 0; t < TERMS; ++t) dot[m][t] = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
+        const __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes; the sign moves onto x
+        for (int m = 0; m < TM; ++m)
+          for (int t = 0; t < TERMS; ++t) {
+            const __m256i xv = _mm256_sign_epi8(bcast4(xq + (m * TERMS + t) * k + 32 * b + 4 * c), w);
+            // |pair sums| <= 2 * 128 * 127 fit int16; widen to int32 before adding chunks
+            dot[m][t] = _mm256_add_epi32(dot[m][t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones16));
+          }
+      }
+    } else {  // the block's 32 nibbles of each of the 8 rows, unpacked once for all rows of x
       const uint8_t* qv = blk + PACKED_QS<T>;
       __m256i lo[4], hi[4], qh;
       if constexpr (FIVE_BITS<T>) qh = _mm256_loadu_si256((const __m256i*)(blk + PACKED_QH<T>));
@@ -266,38 +317,26 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int
         if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, lo[c], hi[c]);
         if constexpr (LEVELS<T>) lo[c] = iq4_levels(lo[c]), hi[c] = iq4_levels(hi[c]);
       }
-      __m256 mw;
-      if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
-      for (int m = 0; m < TM; ++m) {
-        const int8_t* xb = xq + m * k + 32 * b;
-        // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
-        // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
-        // Summed as a tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
-        __m256i dot;
-        if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0
-          dot = _mm256_setzero_si256();
-          for (int c = 0; c < 4; ++c) {  // pair sums <= 2 * 127 * 127: each to int32 on its own
-            const __m256i pl = _mm256_maddubs_epi16(_mm256_sign_epi8(lo[c], lo[c]), _mm256_sign_epi8(bcast4(xb + 8 * c), lo[c]));
-            const __m256i ph = _mm256_maddubs_epi16(_mm256_sign_epi8(hi[c], hi[c]), _mm256_sign_epi8(bcast4(xb + 8 * c + 4), hi[c]));
-            dot = _mm256_add_epi32(dot, _mm256_add_epi32(_mm256_madd_epi16(pl, ones16), _mm256_madd_epi16(ph, ones16)));
-          }
-        } else {
-          __m256i s[4];
-          for (int c = 0; c < 4; ++c)
-            s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)),
-                                    _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
-          if constexpr (FIVE_BITS<T>)
-            dot = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
-          else
-            dot = _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
-        }
-        __m256 f = _mm256_cvtepi32_ps(dot);
-        const float d = xd[m * nb + b], sum = float(xs[m * nb + b]);
-        if constexpr (!HAS_MIN<T> && !LEVELS<T>)  // values are q - OFFSET (exact: integers < 2^24)
-          f = _mm256_fmadd_ps(_mm256_set1_ps(sum), _mm256_set1_ps(-float(OFFSET<T>)), f);
-        acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(d)), f, acc[m]);
-        if constexpr (HAS_MIN<T>) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(d * sum), acc[m]);
+      for (int m = 0; m < TM; ++m)
+        for (int t = 0; t < TERMS; ++t) dot[m][t] = nibble_dot<T>(lo, hi, xq + (m * TERMS + t) * k + 32 * b);
+    }
+    for (int m = 0; m < TM; ++m) {
+      const BlockTerms& x = bt[m * nb + b];
+      // values q - OFFSET: sum_v (q_v - OFFSET) x_v = dot - OFFSET * sum(x), exact in float32
+      // (first term |dot| <= 32 * 31 * 127, the rest <= 129 * 32 * 31 * 64: below 2^24)
+      constexpr bool offset = !HAS_MIN<T> && !LEVELS<T> && T != Q8_0;
+      const __m256 minus_offset = _mm256_set1_ps(-float(OFFSET<T>));
+      __m256 f = _mm256_cvtepi32_ps(dot[m][0]);
+      if constexpr (offset) f = _mm256_fmadd_ps(_mm256_set1_ps(x.s0), minus_offset, f);
+      if constexpr (TERMS > 1) {
+        __m256i tail = dot[m][1];
+        for (int t = 2; t < TERMS; ++t) tail = _mm256_add_epi32(_mm256_slli_epi32(tail, TERM_SHIFT), dot[m][t]);
+        __m256 ft = _mm256_cvtepi32_ps(tail);
+        if constexpr (offset) ft = _mm256_fmadd_ps(_mm256_set1_ps(x.tail), minus_offset, ft);
+        f = _mm256_fmadd_ps(f, top, ft);
       }
+      acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(x.e)), f, acc[m]);
+      if constexpr (HAS_MIN<T>) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.all), acc[m]);
     }
   }
   for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
@@ -305,33 +344,38 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, int
 
 constexpr int PACKED_TM = 4;  // x rows per pass over a weight group (16 vector registers)
 
-// y [rows / terms, n] = the products of the `rows` term rows of `a` (see quantize_act): row r
-// adds into y[r / terms]. Threads split the weight groups, so they write apart.
+template <int64_t T, int TERMS>
+void packed_tile(int64_t tm, const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
+  switch (tm) {
+    case 1: return packed_group_tile<T, 1, TERMS>(gw, nb, a, bt, m0, k, out8);
+    case 2: return packed_group_tile<T, 2, TERMS>(gw, nb, a, bt, m0, k, out8);
+    case 3: return packed_group_tile<T, 3, TERMS>(gw, nb, a, bt, m0, k, out8);
+    default: return packed_group_tile<T, 4, TERMS>(gw, nb, a, bt, m0, k, out8);
+  }
+}
+
+// y [m, n] = the products of the m rows of x, each carried by `terms` int8 terms in `a` (see
+// quantize_act). Threads split the weight groups, so they write apart.
 template <int64_t T>
-void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t rows, int64_t terms, int64_t k, int64_t n, float* y) {
+void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T);
+  const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms);
   // Small products run on one thread: waking another costs tens of microseconds.
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nb * gb * std::max<int64_t>(1, rows / 4)));
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nb * gb * std::max<int64_t>(1, m * terms / 4)));
   at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
     alignas(32) float out8[8 * PACKED_TM];
     for (int64_t g = g0; g < g1; ++g) {
       const uint8_t* gw = w + g * nb * gb;
       const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < rows; m0 += PACKED_TM) {
-        const int64_t tm = std::min<int64_t>(PACKED_TM, rows - m0);
-        switch (tm) {
-          case 1: packed_group_tile<T, 1>(gw, nb, a, m0, k, out8); break;
-          case 2: packed_group_tile<T, 2>(gw, nb, a, m0, k, out8); break;
-          case 3: packed_group_tile<T, 3>(gw, nb, a, m0, k, out8); break;
-          default: packed_group_tile<T, 4>(gw, nb, a, m0, k, out8); break;
+      for (int64_t m0 = 0; m0 < m; m0 += PACKED_TM) {
+        const int64_t tm = std::min<int64_t>(PACKED_TM, m - m0);
+        const BlockTerms* rows = bt.data() + m0 * nb;
+        switch (terms) {
+          case 1: packed_tile<T, 1>(tm, gw, nb, a, rows, m0, k, out8); break;
+          case 2: packed_tile<T, 2>(tm, gw, nb, a, rows, m0, k, out8); break;
+          default: packed_tile<T, 3>(tm, gw, nb, a, rows, m0, k, out8); break;
         }
-        for (int64_t i = 0; i < tm; ++i) {
-          float* yr = y + (m0 + i) / terms * n + 8 * g;
-          if ((m0 + i) % terms == 0)  // a row's first term: y need not be zeroed first
-            for (int64_t c = 0; c < cols; ++c) yr[c] = out8[8 * i + c];
-          else
-            for (int64_t c = 0; c < cols; ++c) yr[c] += out8[8 * i + c];
-        }
+        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
       }
     }
   });
@@ -410,14 +454,13 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   check_packed(w, type, n, k);
   auto y = at::empty({m, n}, x.options());
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
-  const int64_t rows = m * x_terms;
   switch (type) {
-    case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
-    case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
-    case Q5_0: packed_gemm<Q5_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
-    case Q5_1: packed_gemm<Q5_1>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
-    case IQ4_NL: packed_gemm<IQ4_NL>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
-    case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), rows, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q4_1: packed_gemm<Q4_1>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q5_0: packed_gemm<Q5_0>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q5_1: packed_gemm<Q5_1>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
+    case IQ4_NL: packed_gemm<IQ4_NL>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
+    case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return y.view(out_shape);
