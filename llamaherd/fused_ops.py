@@ -32,12 +32,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for gate and up side by side in the last dimension ([..., 2H] -> [..., H])."""
-    ext = _native_for(gate_up)
+def silu_mul(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up. With one argument, gate and up side by side in its last dimension
+    ([..., 2H] -> [..., H]); halves are passed to the native op as views, not copied."""
+    if up is None:
+        gate, up = gate.chunk(2, dim=-1)
+    ext = _native_for(gate, up)
     if ext is not None:
-        return ext.silu_mul(gate_up)
-    gate, up = gate_up.chunk(2, dim=-1)
+        return ext.silu_mul(gate, up)
     return F.silu(gate) * up
 
 

@@ -130,7 +130,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(fused_ops.silu_mul(self.w1(x), self.w3(x)))
         return self.w2(fused_ops.silu_mul(self.w13(x)))
 
 

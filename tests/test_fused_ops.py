@@ -26,7 +26,13 @@ def test_rms_norm(shape):
 def test_silu_mul():
     gu = torch.randn(2, 3, 2 * 1536) * 4
     gate, up = gu.chunk(2, -1)
-    assert torch.allclose(fused_ops.silu_mul(gu), F.silu(gate) * up, **TOL)
+    expected = F.silu(gate) * up
+    assert torch.allclose(fused_ops.silu_mul(gu), expected, **TOL)  # halves of one tensor
+    assert torch.allclose(fused_ops.silu_mul(gate.clone(), up.clone()), expected, **TOL)  # two tensors
+    # columns of a transposed tensor (no unit stride along H) and an empty batch
+    g, u = torch.randn(45, 7), torch.randn(45, 7)
+    assert torch.allclose(fused_ops.silu_mul(g.t(), u.t()), F.silu(g.t()) * u.t(), **TOL)
+    assert fused_ops.silu_mul(torch.empty(0, 8), torch.empty(0, 8)).shape == (0, 8)
 
 
 def test_silu_mul_at_the_edges_of_exp():

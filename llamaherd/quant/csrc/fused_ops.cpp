@@ -54,20 +54,24 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   return y;
 }
 
-// gu [..., 2H] (gate | up side by side) -> silu(gate) * up = gate / (1 + e^-gate) * up, [..., H]
-at::Tensor silu_mul(at::Tensor gu) {
-  TORCH_CHECK(gu.dtype() == at::kFloat && gu.dim() >= 1 && gu.size(-1) % 2 == 0, "silu_mul: float32 [..., 2H]");
-  gu = gu.contiguous();
-  auto shape = gu.sizes().vec();
-  const int64_t h = shape.back() / 2, m = gu.numel() / std::max<int64_t>(2 * h, 1);
-  shape.back() = h;
-  auto y = at::empty(shape, gu.options());
-  const float* src = gu.data_ptr<float>();
+// silu(gate) * up = gate / (1 + e^-gate) * up, for gate and up float32 [..., H] whose rows may
+// be strided (the halves of one [..., 2H] tensor, or two tensors).
+at::Tensor silu_mul(at::Tensor gate, at::Tensor up) {
+  TORCH_CHECK(gate.dtype() == at::kFloat && up.dtype() == at::kFloat && gate.dim() >= 1 && gate.sizes() == up.sizes(),
+              "silu_mul: gate and up float32 [..., H] of one shape");
+  const int64_t h = gate.size(-1);
+  auto y = at::empty(gate.sizes(), gate.options());
+  if (y.numel() == 0) return y;
+  // rows: [M, H] with unit stride along H, views where the layout allows (reshape copies otherwise)
+  auto rows = [h](const at::Tensor& t) { return (t.stride(-1) == 1 ? t : t.contiguous()).reshape({-1, h}); };
+  const at::Tensor g2 = rows(gate), u2 = rows(up);
+  const int64_t m = g2.size(0), gs = g2.stride(0), us = u2.stride(0);
+  const float *gsrc = g2.data_ptr<float>(), *usrc = u2.data_ptr<float>();
   float* dst = y.data_ptr<float>();
   const __m256 one = _mm256_set1_ps(1.f), sign_bit = _mm256_set1_ps(-0.0f);
   at::parallel_for(0, m, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(h, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *g = src + r * 2 * h, *u = g + h;
+      const float *g = gsrc + r * gs, *u = usrc + r * us;
       float* o = dst + r * h;
       int64_t i = 0;
       for (; i + 8 <= h; i += 8) {
