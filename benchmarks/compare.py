@@ -253,13 +253,13 @@ def interleaved_best_rates(engines: list[str], kind: str, path: Path, args, toke
 
 
 def interleaved_rounds(engines: list[str], kind: str, path: Path, args, tokens: int, bandwidth: bool = False) -> dict:
-    """Per engine, each round's (tokens/s, read bandwidth measured just before that round, or None).
+    """Per engine, each round's (tokens/s, read bandwidth measured just before that run, or None).
     This machine's bandwidth swings by a third within minutes, so a decode rate is compared
-    with the bandwidth of its own round, not the run's first measurement."""
+    with the bandwidth measured next to it, not the run's first measurement."""
     res = {e: [] for e in engines}
     for _ in range(args.rounds):
-        bw = read_bandwidth(repeats=3) if bandwidth else None
         for e in engines:
+            bw = read_bandwidth(repeats=3) if bandwidth else None
             r = run_worker(e, kind, path, args, tokens=tokens)
             res[e].append((r["tps"] if r else None, bw))
     return res
@@ -311,7 +311,7 @@ def main() -> None:
 
     if "decode" in args.only:
         print(f"\n## decode, batch 1, {args.tokens} tokens after an {PROMPT}-token prompt (tokens/s); limit: read "
-              "bandwidth / bytes per token, bandwidth measured before each round, %bw against the best rate's round")
+              "bandwidth / bytes per token, bandwidth measured before each run, %bw: the best run against its own")
         print(f"{'model':16s} {'llamaherd':>10s} {'llama.cpp':>10s} {'ratio':>6s} {'limit':>7s} {'lh %bw':>7s} {'cpp %bw':>7s}")
         for label, path in models.items():
             if not path.exists():
