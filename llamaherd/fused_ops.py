@@ -34,12 +34,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
     """silu(gate) * up. With one argument, gate and up side by side in its last dimension
-    ([..., 2H] -> [..., H]); halves are passed to the native op as views, not copied."""
-    if up is None:
-        gate, up = gate.chunk(2, dim=-1)
-    ext = _native_for(gate, up)
+    ([..., 2H] -> [..., H])."""
+    ext = _native_for(gate) if up is None else _native_for(gate, up)
     if ext is not None:
         return ext.silu_mul(gate, up)
+    if up is None:
+        gate, up = gate.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 

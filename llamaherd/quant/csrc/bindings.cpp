@@ -19,7 +19,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W a k-quant, Q2_K to Q6_K (few rows of x), x rounded to int8 terms", nogil);
   m.def("dequant_kquant", &dequant_kquant, "decode rows of a k-quant weight (Q2_K to Q6_K) to float32", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
-  m.def("silu_mul", &silu_mul, "silu(gate) * up (rows may be strided: the halves of one tensor)", nogil);
+  m.def("silu_mul", &silu_mul, "silu(gate) * up (rows may be strided); without up, gate is [..., 2H], both side by side",
+        py::arg("gate"), py::arg("up") = py::none(), nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
   m.def("quantize_q8", [](torch::Tensor x, int64_t block, int64_t terms) {  // for tests: the int8 terms the kernels multiply
     TORCH_CHECK(block == 32 || block == 256, "block must be 32 (gemm_packed) or 256 (gemm_kquant)");

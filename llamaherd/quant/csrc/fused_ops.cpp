@@ -55,8 +55,15 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
 }
 
 // silu(gate) * up = gate / (1 + e^-gate) * up, for gate and up float32 [..., H] whose rows may
-// be strided (the halves of one [..., 2H] tensor, or two tensors).
-at::Tensor silu_mul(at::Tensor gate, at::Tensor up) {
+// be strided (two tensors, or views); without up, gate holds both side by side ([..., 2H]).
+at::Tensor silu_mul(at::Tensor gate, c10::optional<at::Tensor> up_or_none) {
+  if (!up_or_none) {
+    TORCH_CHECK(gate.dim() >= 1 && gate.size(-1) % 2 == 0, "silu_mul: gate and up side by side need [..., 2H]");
+    const int64_t half = gate.size(-1) / 2;
+    up_or_none = gate.narrow(-1, half, half);
+    gate = gate.narrow(-1, 0, half);
+  }
+  const at::Tensor up = *up_or_none;
   TORCH_CHECK(gate.dtype() == at::kFloat && up.dtype() == at::kFloat && gate.dim() >= 1 && gate.sizes() == up.sizes(),
               "silu_mul: gate and up float32 [..., H] of one shape");
   const int64_t h = gate.size(-1);

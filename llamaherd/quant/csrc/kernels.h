@@ -22,7 +22,7 @@ void dequant_kquant(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
 
 // fused_ops.cpp: small fused float32 ops of a decode step
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
-at::Tensor silu_mul(at::Tensor gate, at::Tensor up);
+at::Tensor silu_mul(at::Tensor gate, c10::optional<at::Tensor> up);
 at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor rot,
                                at::Tensor caches_k, at::Tensor caches_v, int64_t layer,
                                c10::optional<at::Tensor> rows_or_none, at::Tensor positions);
