@@ -125,8 +125,10 @@ class GGUFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and (self.int8_activations or x.numel() <= DECODE_ROWS * self.in_features):
-            # any leading dimensions go straight to the kernel: a decode step's hot path
-            return native().gemm_packed(x.float(), self.packed, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
+            # any leading dimensions go straight to the kernel: a decode step's hot path (no
+            # x.float() there: even returning x itself, a torch call costs a microsecond or two)
+            x = x if x.dtype is torch.float32 else x.float()
+            return native().gemm_packed(x, self.packed, self.ggml_type, self.out_features, 1 if self.int8_activations else 3)
         flat = x.reshape(-1, self.in_features).float()
         if self.packed is not None:  # float-accurate prefill: BLAS on decoded runs beats three int8 terms
             y = self._blas(flat, native())

@@ -178,8 +178,9 @@ inline void check_row_run(const at::Tensor& out, int64_t n, int64_t k, int64_t r
               "out must be contiguous float32 with room for ", r1 - r0, " rows of ", k);
 }
 
-// The integer products' x (float32 [..., K], any leading dimensions) as rows [M, K], checked
-// with x_terms, and the shape of their result [..., N].
+// The integer products' x (float32 [..., K], any leading dimensions) as M contiguous rows of K,
+// checked with x_terms, and the shape of their result [..., N]. No view or copy where x is
+// contiguous already (a decode step's case: each ATen call costs a microsecond or more).
 struct ProductRows {
   at::Tensor x;
   std::vector<int64_t> out_shape;
@@ -191,9 +192,10 @@ inline ProductRows product_rows(at::Tensor x, int64_t n, int64_t x_terms) {
   TORCH_CHECK(1 <= x_terms && x_terms <= 3, "x_terms must be 1, 2 or 3");
   auto out_shape = x.sizes().vec();
   const int64_t k = out_shape.back();
+  TORCH_CHECK(k > 0, "x must have K > 0 values a row");
   out_shape.back() = n;
-  x = x.contiguous().view({-1, k});
-  return {x, out_shape, x.size(0), k};
+  if (!x.is_contiguous()) x = x.contiguous();
+  return {x, out_shape, x.numel() / k, k};
 }
 
 }  // namespace llamaherd

@@ -29,8 +29,8 @@ inline __m256 exp8(__m256 x) {
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   TORCH_CHECK(x.dtype() == at::kFloat && w.dtype() == at::kFloat && x.dim() >= 1 && w.dim() == 1 &&
               x.size(-1) == w.size(0), "rms_norm: x float32 [..., D], w float32 [D]");
-  x = x.contiguous();
-  w = w.contiguous();
+  if (!x.is_contiguous()) x = x.contiguous();  // is_contiguous is a field: no ATen call
+  if (!w.is_contiguous()) w = w.contiguous();
   const int64_t d = x.size(-1), m = x.numel() / std::max<int64_t>(d, 1);
   auto y = at::empty_like(x);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
@@ -54,31 +54,34 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   return y;
 }
 
-// silu(gate) * up = gate / (1 + e^-gate) * up, for gate and up float32 [..., H] whose rows may
-// be strided (two tensors, or views); without up, gate holds both side by side ([..., 2H]).
+// silu(gate) * up = gate / (1 + e^-gate) * up, for gate and up float32 [..., H]; without up, gate
+// holds both side by side ([..., 2H], a fused w1/w3's output). No ATen calls on the decode path
+// (contiguous input): each costs microseconds, hundreds of them a token.
 at::Tensor silu_mul(at::Tensor gate, c10::optional<at::Tensor> up_or_none) {
+  TORCH_CHECK(gate.dtype() == at::kFloat && gate.dim() >= 1, "silu_mul: gate must be float32 [..., H]");
+  if (!gate.is_contiguous()) gate = gate.contiguous();
+  auto shape = gate.sizes().vec();
+  const float* gsrc = gate.data_ptr<float>();
+  const float* usrc;
+  int64_t h, stride;  // values a row, floats between rows of gate (and of up)
+  at::Tensor up;
   if (!up_or_none) {
-    TORCH_CHECK(gate.dim() >= 1 && gate.size(-1) % 2 == 0, "silu_mul: gate and up side by side need [..., 2H]");
-    const int64_t half = gate.size(-1) / 2;
-    up_or_none = gate.narrow(-1, half, half);
-    gate = gate.narrow(-1, 0, half);
+    TORCH_CHECK(shape.back() % 2 == 0, "silu_mul: gate and up side by side need [..., 2H]");
+    h = shape.back() / 2, stride = 2 * h, usrc = gsrc + h;
+    shape.back() = h;
+  } else {
+    up = up_or_none->is_contiguous() ? *up_or_none : up_or_none->contiguous();
+    TORCH_CHECK(up.dtype() == at::kFloat && up.sizes() == gate.sizes(), "silu_mul: up must be float32 of gate's shape");
+    h = stride = shape.back(), usrc = up.data_ptr<float>();
   }
-  const at::Tensor up = *up_or_none;
-  TORCH_CHECK(gate.dtype() == at::kFloat && up.dtype() == at::kFloat && gate.dim() >= 1 && gate.sizes() == up.sizes(),
-              "silu_mul: gate and up float32 [..., H] of one shape");
-  const int64_t h = gate.size(-1);
-  auto y = at::empty(gate.sizes(), gate.options());
+  auto y = at::empty(shape, gate.options());
   if (y.numel() == 0) return y;
-  // rows: [M, H] with unit stride along H, views where the layout allows (reshape copies otherwise)
-  auto rows = [h](const at::Tensor& t) { return (t.stride(-1) == 1 ? t : t.contiguous()).reshape({-1, h}); };
-  const at::Tensor g2 = rows(gate), u2 = rows(up);
-  const int64_t m = g2.size(0), gs = g2.stride(0), us = u2.stride(0);
-  const float *gsrc = g2.data_ptr<float>(), *usrc = u2.data_ptr<float>();
+  const int64_t m = y.numel() / h;
   float* dst = y.data_ptr<float>();
   const __m256 one = _mm256_set1_ps(1.f), sign_bit = _mm256_set1_ps(-0.0f);
   at::parallel_for(0, m, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(h, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *g = gsrc + r * gs, *u = usrc + r * us;
+      const float *g = gsrc + r * stride, *u = usrc + r * stride;
       float* o = dst + r * h;
       int64_t i = 0;
       for (; i + 8 <= h; i += 8) {
@@ -224,18 +227,19 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
               "decode_attention: q [B,(1,)H,D], k/v [B,(1,)Hkv,D]");
   const int64_t h = q.numel() / (b * d);
   const auto out_shape = q.sizes().vec();
-  q = q.contiguous().view({b, h, d}); k = k.contiguous().view({b, hkv, d}); v = v.contiguous().view({b, hkv, d});
-  rot = rot.contiguous();
+  // read by pointer as [B, H, D], [B, Hkv, D]: no view() or contiguous() calls where none is needed
+  for (auto* t : {&q, &k, &v, &rot})
+    if (!t->is_contiguous()) *t = t->contiguous();
   const int64_t rot_floats = rot.numel() * (rot.is_complex() ? 2 : 1);
   std::vector<int64_t> identity;
   at::Tensor rows;
   if (rows_or_none.has_value()) {
-    rows = rows_or_none->to(at::kLong).contiguous();
+    rows = rows_or_none->scalar_type() == at::kLong && rows_or_none->is_contiguous() ? *rows_or_none : rows_or_none->to(at::kLong).contiguous();
   } else {
     for (int64_t i = 0; i < b; ++i) identity.push_back(i);
   }
-  positions = positions.to(at::kLong).contiguous();
-  TORCH_CHECK(d % 2 == 0 && k.size(0) == b && k.size(2) == d && caches_k.size(4) == d && h % hkv == 0 &&
+  if (positions.scalar_type() != at::kLong || !positions.is_contiguous()) positions = positions.to(at::kLong).contiguous();
+  TORCH_CHECK(d % 2 == 0 && k.size(0) == b && k.size(-1) == d && caches_k.size(4) == d && h % hkv == 0 &&
               rot_floats == b * d && (identity.size() == size_t(b) || rows.numel() == b) && positions.numel() == b,
               "decode_attention: shapes do not match");
   const int64_t *rp = rows.defined() ? rows.data_ptr<int64_t>() : identity.data(), *pp = positions.data_ptr<int64_t>();
@@ -251,7 +255,7 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
       rotate_pairs(kp + (i * hkv + g) * d, rtp + i * d, d, kc + slot);
       std::memcpy(vc + slot, vp + (i * hkv + g) * d, d * sizeof(float));
     }
-  auto out = at::empty_like(q);
+  auto out = at::empty(out_shape, q.options());
   float* op = out.data_ptr<float>();
   const float scale = 1.f / std::sqrt(float(d));
   const int64_t group = h / hkv;
@@ -271,7 +275,7 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
       attend_group(qr.data(), group, kc + base, vc + base, pp[bi] + 1, d, p.data(), op + (bi * h + kvh * group) * d);
     }
   });
-  return out.view(out_shape);
+  return out;
 }
 
 }  // namespace llamaherd

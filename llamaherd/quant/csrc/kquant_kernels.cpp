@@ -355,7 +355,7 @@ at::Tensor gemm_kquant_rows(at::Tensor x_in, at::Tensor w, int64_t type, int64_t
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   TORCH_CHECK(m <= MAX_M, "gemm_kquant takes at most ", MAX_M, " rows");
   check(w, type, n, k);
-  auto y = at::empty({m, n}, x.options());
+  auto y = at::empty(out_shape, x.options());
   switch (type) {
     case Q2_K: gemm_kquant_q8<Q2_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     case Q3_K: gemm_kquant_q8<Q3_K>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
@@ -365,7 +365,7 @@ at::Tensor gemm_kquant_rows(at::Tensor x_in, at::Tensor w, int64_t type, int64_t
     case IQ4_XS: gemm_kquant_q8<IQ4_XS>(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, k, n, x_terms, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " is not a k-quant with a native kernel");
   }
-  return y.view(out_shape);
+  return y;
 }
 
 void dequant_kquant(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {

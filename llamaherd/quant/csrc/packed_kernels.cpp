@@ -452,7 +452,7 @@ void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
 at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, int64_t x_terms) {
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
-  auto y = at::empty({m, n}, x.options());
+  auto y = at::empty(out_shape, x.options());
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
   switch (type) {
     case Q4_0: packed_gemm<Q4_0>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
@@ -463,7 +463,7 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
     case Q8_0: packed_gemm<Q8_0>(a, w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
-  return y.view(out_shape);
+  return y;
 }
 
 }  // namespace llamaherd
