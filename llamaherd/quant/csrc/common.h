@@ -123,10 +123,9 @@ struct Q8Act {
   std::vector<int32_t> s;
 };
 
-// A term's scale is the first's over TERM_RATIO^t: a power of two, so the packed kernels add a
-// row's terms in integers before one conversion to float (packed_kernels.cpp).
+// A term's scale is the first's over 2^(TERM_SHIFT * t): a power of two, so the packed kernels
+// add a row's terms in integers before one conversion to float (packed_kernels.cpp).
 constexpr int TERM_SHIFT = 7;
-constexpr float TERM_RATIO = 1 << TERM_SHIFT;
 
 // Row i of x as `terms` rows of int8 blocks (rows terms*i ..). The first rounds x with
 // d = max|x| / 127 per block; term t rounds what the ones before missed with d / 128^t,
@@ -146,17 +145,15 @@ inline Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms, i
         for (int64_t t = 0; t < terms; ++t) a.d[(r * terms + t) * nd + i] = std::ldexp(d, -TERM_SHIFT * int(t));
       }
       for (int64_t c = 0; c < nb; ++c) {  // 32 values at a time, each term rounding the rest
-        const float d = a.d[r * terms * nd + 32 * c / block];
         __m256 rest[4];
         __m256i qi[4];
         for (int j = 0; j < 4; ++j) rest[j] = _mm256_loadu_ps(src + 32 * c + 8 * j);
         for (int64_t t = 0; t < terms; ++t) {
           const int64_t row = r * terms + t;
-          const float inv = std::ldexp(1.f / d, TERM_SHIFT * int(t));  // d tiny: inf, the terms 0
-          round_to_int8(rest, _mm256_set1_ps(d > 0.f && std::isfinite(inv) ? inv : 0.f), a.q.data() + row * k + 32 * c, qi);
+          const float step = a.d[row * nd + 32 * c / block], inv = 1.f / step;  // step tiny: inf, the term 0
+          round_to_int8(rest, _mm256_set1_ps(step > 0.f && std::isfinite(inv) ? inv : 0.f), a.q.data() + row * k + 32 * c, qi);
           a.s[row * nb + c] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
-          const __m256 step = _mm256_set1_ps(a.d[row * nd + 32 * c / block]);
-          for (int j = 0; j < 4; ++j) rest[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(qi[j]), step, rest[j]);
+          for (int j = 0; j < 4; ++j) rest[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(qi[j]), _mm256_set1_ps(step), rest[j]);
         }
       }
     }
