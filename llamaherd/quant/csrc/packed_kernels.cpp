@@ -275,12 +275,12 @@ inline __m256i nibble_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb
 
 // y[m, 8g .. 8g+7] for TM rows of x, each carried by TERMS int8 terms, against weight group g
 // (8 rows, lanes of one vector). A row's terms are added in integers: the first term's dot
-// product and the others' combined (the first times 128^(TERMS-1) would overflow Q8_0's), each
-// exact in float32, then one multiply-add joins them: as many float operations as one term.
+// product and the others' combined (the first times 128^(TERMS-1) would overflow Q8_0's), both
+// exact in float32 for the 4- and 5-bit types, then one multiply-add joins them: as many float
+// operations as one term.
 template <int64_t T, int TM, int TERMS>
 inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
   const int64_t gb = packed_block_bytes(T);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256 top = _mm256_set1_ps(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
   __m256 acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
@@ -307,6 +307,7 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, con
           }
       }
     } else {  // the block's 32 nibbles of each of the 8 rows, unpacked once for all rows of x
+      const __m256i low4 = _mm256_set1_epi8(0x0F);
       const uint8_t* qv = blk + PACKED_QS<T>;
       __m256i lo[4], hi[4], qh;
       if constexpr (FIVE_BITS<T>) qh = _mm256_loadu_si256((const __m256i*)(blk + PACKED_QH<T>));
