@@ -144,8 +144,10 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
             ffn.fuse(w13)
             packed(parts)
     for module in model.modules():
-        if isinstance(module, GGUFLinear) and module.pack():
-            packed([module])
+        if isinstance(module, GGUFLinear) and module in file_tensors:  # not the fused ones: packed above
+            name = file_tensors[module]
+            if module.pack(release=lambda start, nbytes: file.release(name, start, nbytes)):
+                packed([module])
 
 
 def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:

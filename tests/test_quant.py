@@ -12,10 +12,14 @@ from gguf import quants
 
 import llamaherd
 from llamaherd.quant.ggml_dequant import dequantize
+from llamaherd.formats.gguf import GGUFFile
+from llamaherd.quant import gguf_linear
 from llamaherd.quant.gguf_linear import DECODE_ROWS, NATIVE_KQUANTS, PACKED_TYPES, GGUFEmbedding, GGUFLinear
 from llamaherd.quant.kernels import native
 from llamaherd.quant.linear import Int4Linear, Int8Linear
+from tests.gguf_builder import build_gguf
 from tests.hf_models import random_hf_llama, write_gguf_from_hf
+from tests.resident import resident_kib
 
 TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q5_1": Q.Q5_1, "IQ4_NL": Q.IQ4_NL,
          "Q2_K": Q.Q2_K, "Q3_K": Q.Q3_K, "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K, "IQ4_XS": Q.IQ4_XS}
@@ -118,6 +122,59 @@ def test_concat_equals_separate_layers(name):
     # rows not a multiple of 8 would leave padding inside the fused layout: refused
     odd = GGUFLinear(gguf_bytes(rng.standard_normal((12, k), dtype=np.float32), TYPES[name]), int(TYPES[name]), 12, k, pack=False)
     assert GGUFLinear.concat([GGUFLinear(raws[0], int(TYPES[name]), 64, k, pack=False), odd]) is None
+
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0"])
+def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
+    """A weight packed a chunk of rows at a time (so its file pages can go as it is packed)
+    is the same bytes as packed whole, and each chunk's source bytes are handed back once,
+    in order, covering the weight (69 rows: a partial last group of 8)."""
+    if native() is None:
+        pytest.skip("no native kernels")
+    n, k = 69, 128
+    raw = gguf_bytes(np.random.default_rng(4).standard_normal((n, k), dtype=np.float32), TYPES[name])
+    rb = raw.numel() // n
+    monkeypatch.setattr(gguf_linear, "PACK_CHUNK_BYTES", 16 * rb)  # chunks of 16 rows: five
+    released = []
+    layer = GGUFLinear(raw, int(TYPES[name]), n, k, pack=False)
+    assert layer.pack(release=lambda start, nbytes: released.append((start, nbytes)))
+    assert torch.equal(layer.packed, native().pack([raw], int(TYPES[name]), k))
+    assert released == [(r0 * rb, min(16, n - r0) * rb) for r0 in range(0, n, 16)]
+    x = torch.randn(2, k)
+    assert torch.equal(layer(x), GGUFLinear(raw, int(TYPES[name]), n, k)(x))
+
+
+def _peak_kib() -> int:
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+
+
+def test_packing_lets_go_of_the_file_pages_as_it_goes(tmp_path):
+    """Packing a memory-mapped weight from a real file (the loader's way: release hands the
+    packed chunks' pages back) never holds the weight twice: the peak grows by about one
+    chunk, not by the weight's size, and none of its file pages stay resident."""
+    if native() is None:
+        pytest.skip("no native kernels")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets this process's peak RSS (VmHWM), Linux
+    except OSError:
+        pytest.skip("no /proc/self/clear_refs: peak RSS can't be reset here")
+    n, k = 8192, 4096  # 18 MiB of Q4_0, chunks of PACK_CHUNK_BYTES (4 MiB)
+    data = np.random.default_rng(5).integers(0, 256, n * k // 32 * 18, dtype=np.uint8).tobytes()
+    path = tmp_path / "big.gguf"
+    path.write_bytes(build_gguf(tensors=[("w", [k, n], int(Q.Q4_0), 0)], data=data))
+    file = GGUFFile(path)
+    layer = GGUFLinear(file.raw("w"), int(Q.Q4_0), n, k, pack=False)
+    assert layer.raw.sum().item() > 0  # every page read: resident
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _peak_kib()
+    view = file.raw("w")
+    layer.pack(release=lambda start, nbytes: file.release("w", start, nbytes))
+    grown = _peak_kib() - before
+    assert grown < 0.5 * len(data) / 1024, f"peak grew by {grown} KiB packing {len(data) // 1024} KiB"
+    assert resident_kib(view.data_ptr()) <= 8  # at most the partial pages at its ends
 
 
 def kquant_minimums(raw: torch.Tensor, qtype, n: int, k: int) -> torch.Tensor:

@@ -264,10 +264,13 @@ class GGUFFile:
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(array)
 
-    def release(self, name: str) -> None:
-        """Let go of the resident pages of a tensor whose bytes were copied (mapped.release_pages)."""
+    def release(self, name: str, start: int = 0, nbytes: int | None = None) -> None:
+        """Let go of the resident pages of a tensor whose bytes were copied (mapped.release_pages):
+        all of them, or bytes [start, start + nbytes) of it."""
         info = self.tensors[name]
-        release_pages(self._mmap, info.offset, info.nbytes)
+        start = min(max(start, 0), info.nbytes)
+        nbytes = info.nbytes - start if nbytes is None else min(max(nbytes, 0), info.nbytes - start)
+        release_pages(self._mmap, info.offset + start, nbytes)
 
     def close(self) -> None:
         # Views handed out keep the map alive through their buffer; closing then would fail.

@@ -36,6 +36,8 @@ The float paths compute x @ dequantize(W)^T up to the order of float additions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -43,12 +45,15 @@ from .ggml_dequant import dequantize
 from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
-PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0})  # repacked, integer kernels
+# repacked for the integer kernels, with the bytes of a packed block of 8 rows (csrc/packed_kernels.cpp)
+PACKED_GROUP_BYTES = {GGMLType.Q4_0: 144, GGMLType.Q4_1: 160, GGMLType.Q5_0: 176, GGMLType.Q5_1: 192, GGMLType.IQ4_NL: 144, GGMLType.Q8_0: 272}
+PACKED_TYPES = frozenset(PACKED_GROUP_BYTES)
 FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multiplied as floats, a row at a time
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
+PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 
 _scratch: dict[torch.device, torch.Tensor] = {}
 
@@ -89,12 +94,25 @@ class GGUFLinear(nn.Module):
     def packable(self) -> bool:
         return self.packed is None and self.ggml_type in PACKED_TYPES and self.raw.device.type == "cpu" and native() is not None
 
-    def pack(self) -> bool:
-        """Repack the weight for the integer kernels where they apply; True when it was."""
+    def pack(self, release: Callable[[int, int], None] | None = None) -> bool:
+        """Repack the weight for the integer kernels where they apply; True when it was.
+
+        Rows are packed PACK_CHUNK_BYTES of the file's bytes at a time, and `release(start,
+        nbytes)`, when given, lets go of the source pages of each chunk once it is packed: a
+        large weight (a 128k-vocabulary output layer is hundreds of MB) is not held twice."""
         if not self.packable():
             return False
-        self.packed = native().pack([self.raw], self.ggml_type, self.in_features)
-        self.raw = None
+        ext, n, k = native(), self.out_features, self.in_features
+        rb = row_bytes(self.ggml_type, k)
+        group_bytes = PACKED_GROUP_BYTES[GGMLType(self.ggml_type)] * (k // 32)  # 8 rows, packed
+        packed = torch.empty((n + 7) // 8 * group_bytes, dtype=torch.uint8)
+        rows = max(8, PACK_CHUNK_BYTES // rb // 8 * 8)  # whole groups of 8 rows: chunks pack apart
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            ext.pack([self.raw[r0 * rb : r1 * rb]], self.ggml_type, k, packed[r0 // 8 * group_bytes : (r1 + 7) // 8 * group_bytes])
+            if release is not None:
+                release(r0 * rb, (r1 - r0) * rb)
+        self.packed, self.raw = packed, None
         return True
 
     @classmethod
@@ -171,10 +189,7 @@ class GGUFLinear(nn.Module):
                 ext.dequant_kquant(raw, self.ggml_type, n, k, r0, r1, w)
             else:
                 w = dequantize(raw[r0 * rb : r1 * rb], self.ggml_type, (r1 - r0, k))
-            if r1 - r0 == n:
-                torch.mm(flat, w.t(), out=y)
-            else:
-                y[:, r0:r1] = flat @ w.t()
+            torch.mm(flat, w.t(), out=y[:, r0:r1])  # BLAS writes the column run in place: no copy of y
         return y
 
     def dequantized(self) -> torch.Tensor:

@@ -12,7 +12,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const py::call_guard<py::gil_scoped_release> nogil;
   m.def("gemm_float", &gemm_float_rows, "x @ W^T with W in F32, F16 or BF16 (few rows of x)", nogil);
   m.def("dequant_16bit", &dequant_16bit, "decode rows of an F16 or BF16 weight to float32", nogil);
-  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved", nogil);
+  m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved (into `out` when given)",
+        py::arg("parts"), py::arg("type"), py::arg("k"), py::arg("out") = py::none(), nogil);
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);

@@ -384,8 +384,10 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
 
 }  // namespace
 
-// The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed.
-at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k) {
+// The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed, into
+// `out` when given (a contiguous uint8 run of exactly the packed size: a slice of a bigger
+// packed weight, for a weight packed a chunk of groups at a time).
+at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::optional<at::Tensor> out_arg) {
   TORCH_CHECK(k > 0 && k % 32 == 0, "row length must be a positive multiple of 32");
   const int64_t rb = row_bytes(type, k);
   std::vector<const uint8_t*> rows;
@@ -396,7 +398,14 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k) {
   }
   const int64_t n = rows.size();
   const int64_t group_bytes = (k / 32) * packed_block_bytes(type);
-  auto out = at::empty({groups_of(n) * group_bytes}, at::kByte);
+  at::Tensor out;
+  if (out_arg) {
+    out = *out_arg;
+    TORCH_CHECK(out.dtype() == at::kByte && out.is_contiguous() && out.dim() == 1 && out.numel() == groups_of(n) * group_bytes,
+                "out must be contiguous 1-D uint8 of ", groups_of(n) * group_bytes, " bytes");
+  } else {
+    out = at::empty({groups_of(n) * group_bytes}, at::kByte);
+  }
   if (n % 8) std::memset(out.data_ptr<uint8_t>() + (groups_of(n) - 1) * group_bytes, 0, group_bytes);  // padding rows
   switch (type) {
     case Q4_0: pack_rows<Q4_0>(rows, k, out.data_ptr<uint8_t>()); break;
