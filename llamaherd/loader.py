@@ -127,27 +127,21 @@ def build_model(
 
 def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, str]) -> None:
     """Repack GGUF weights for the integer kernels (GGUFLinear.pack), q/k/v and w1/w3 of a
-    layer into one product where their encodings allow (GGUFLinear.concat), then let go of
-    the file's pages that were copied, one layer at a time, so the weights are held once."""
-    def packed(layers: list[GGUFLinear]) -> None:
-        for layer in layers:
-            file.release(file_tensors[layer])
+    layer into one product where their encodings allow (GGUFLinear.concat), letting go of the
+    file's pages as they are copied, a few MiB at a time, so no weight is held twice."""
+    def release(layer: GGUFLinear, start: int = 0, nbytes: int | None = None) -> None:
+        file.release(file_tensors[layer], start, nbytes)
 
     for block in model.layers:
         attn, ffn = block.attention, block.feed_forward
-        parts = [attn.wq, attn.wk, attn.wv]
-        if (wqkv := GGUFLinear.concat(parts)) is not None:
-            attn.fuse(wqkv)
-            packed(parts)
-        parts = [ffn.w1, ffn.w3]
-        if (w13 := GGUFLinear.concat(parts)) is not None:
-            ffn.fuse(w13)
-            packed(parts)
+        for parts, fuse in (([attn.wq, attn.wk, attn.wv], attn.fuse), ([ffn.w1, ffn.w3], ffn.fuse)):
+            if (fused := GGUFLinear.concat(parts, release)) is not None:
+                fuse(fused)
+                for part in parts:
+                    release(part)  # the partial pages at the ends of its chunks
     for module in model.modules():
-        if isinstance(module, GGUFLinear) and module in file_tensors:  # not the fused ones: packed above
-            name = file_tensors[module]
-            if module.pack(release=lambda start, nbytes: file.release(name, start, nbytes)):
-                packed([module])
+        if isinstance(module, GGUFLinear) and module in file_tensors and module.pack(release):  # fused ones: packed
+            release(module)
 
 
 def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:

@@ -138,11 +138,18 @@ def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
     monkeypatch.setattr(gguf_linear, "PACK_CHUNK_BYTES", 16 * rb)  # chunks of 16 rows: five
     released = []
     layer = GGUFLinear(raw, int(TYPES[name]), n, k, pack=False)
-    assert layer.pack(release=lambda start, nbytes: released.append((start, nbytes)))
+    assert layer.pack(release=lambda part, start, nbytes: released.append((part is layer, start, nbytes)))
     assert torch.equal(layer.packed, native().pack([raw], int(TYPES[name]), k))
-    assert released == [(r0 * rb, min(16, n - r0) * rb) for r0 in range(0, n, 16)]
+    assert released == [(True, r0 * rb, min(16, n - r0) * rb) for r0 in range(0, n, 16)]
     x = torch.randn(2, k)
     assert torch.equal(layer(x), GGUFLinear(raw, int(TYPES[name]), n, k)(x))
+    # fused layers (whole groups of 8 rows each): each packed into its run of one buffer
+    raws = [raw[: 64 * rb], raw[56 * rb : 64 * rb]]
+    parts = [GGUFLinear(r, int(TYPES[name]), r.numel() // rb, k, pack=False) for r in raws]
+    released.clear()
+    fused = GGUFLinear.concat(parts, release=lambda part, start, nbytes: released.append((parts.index(part), start, nbytes)))
+    assert torch.equal(fused.packed, native().pack(raws, int(TYPES[name]), k))
+    assert released == [(0, r0 * rb, 16 * rb) for r0 in range(0, 64, 16)] + [(1, 0, 8 * rb)]
 
 
 def _peak_kib() -> int:
@@ -171,7 +178,7 @@ def test_packing_lets_go_of_the_file_pages_as_it_goes(tmp_path):
         f.write("5")
     before = _peak_kib()
     view = file.raw("w")
-    layer.pack(release=lambda start, nbytes: file.release("w", start, nbytes))
+    layer.pack(release=lambda part, start, nbytes: file.release("w", start, nbytes))
     grown = _peak_kib() - before
     assert grown < 0.5 * len(data) / 1024, f"peak grew by {grown} KiB packing {len(data) // 1024} KiB"
     assert resident_kib(view.data_ptr()) <= 8  # at most the partial pages at its ends

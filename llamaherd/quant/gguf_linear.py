@@ -56,6 +56,7 @@ SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 
 _scratch: dict[torch.device, torch.Tensor] = {}
+Release = Callable[["GGUFLinear", int, int], None]  # (layer, start, nbytes): its source bytes were copied
 
 
 def _scratch_buffer(numel: int, device: torch.device) -> torch.Tensor:
@@ -94,33 +95,41 @@ class GGUFLinear(nn.Module):
     def packable(self) -> bool:
         return self.packed is None and self.ggml_type in PACKED_TYPES and self.raw.device.type == "cpu" and native() is not None
 
-    def pack(self, release: Callable[[int, int], None] | None = None) -> bool:
+    def pack(self, release: Release | None = None) -> bool:
         """Repack the weight for the integer kernels where they apply; True when it was.
-
-        Rows are packed PACK_CHUNK_BYTES of the file's bytes at a time, and `release(start,
-        nbytes)`, when given, lets go of the source pages of each chunk once it is packed: a
-        large weight (a 128k-vocabulary output layer is hundreds of MB) is not held twice."""
+        `release`: see _pack_into."""
         if not self.packable():
             return False
-        ext, n, k = native(), self.out_features, self.in_features
-        rb = row_bytes(self.ggml_type, k)
-        group_bytes = PACKED_GROUP_BYTES[GGMLType(self.ggml_type)] * (k // 32)  # 8 rows, packed
-        packed = torch.empty((n + 7) // 8 * group_bytes, dtype=torch.uint8)
-        rows = max(8, PACK_CHUNK_BYTES // rb // 8 * 8)  # whole groups of 8 rows: chunks pack apart
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            ext.pack([self.raw[r0 * rb : r1 * rb]], self.ggml_type, k, packed[r0 // 8 * group_bytes : (r1 + 7) // 8 * group_bytes])
-            if release is not None:
-                release(r0 * rb, (r1 - r0) * rb)
+        packed = torch.empty(self._packed_bytes(), dtype=torch.uint8)
+        self._pack_into(packed, release)
         self.packed, self.raw = packed, None
         return True
 
+    def _packed_bytes(self) -> int:
+        groups = (self.out_features + 7) // 8
+        return groups * PACKED_GROUP_BYTES[GGMLType(self.ggml_type)] * (self.in_features // 32)
+
+    def _pack_into(self, out: torch.Tensor, release: Release | None) -> None:
+        """Pack `raw` into `out` (_packed_bytes() of them) PACK_CHUNK_BYTES of source bytes at
+        a time, calling release(self, start, nbytes) once each chunk is packed, so the caller
+        can let go of those file pages: a large weight (a 128k-vocabulary output layer is
+        hundreds of MB) is never held twice."""
+        n, k, rb = self.out_features, self.in_features, row_bytes(self.ggml_type, self.in_features)
+        group_bytes = out.numel() // ((n + 7) // 8)
+        rows = max(8, PACK_CHUNK_BYTES // rb // 8 * 8)  # whole groups of 8 rows: chunks pack apart
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            native().pack([self.raw[r0 * rb : r1 * rb]], self.ggml_type, k, out[r0 // 8 * group_bytes : (r1 + 7) // 8 * group_bytes])
+            if release is not None:
+                release(self, r0 * rb, (r1 - r0) * rb)
+
     @classmethod
-    def concat(cls, layers: list["GGUFLinear"]) -> "GGUFLinear | None":
+    def concat(cls, layers: list["GGUFLinear"], release: Release | None = None) -> "GGUFLinear | None":
         """One packed layer computing all of `layers` (not yet packed) side by side, their
         outputs concatenated, or None when they can't share one product. It saves a kernel
-        call, and rounding x, for each extra weight. The rows are packed straight from
-        each layer's bytes into one buffer (groups of 8 rows: each n a multiple of 8)."""
+        call, and rounding x, for each extra weight. Each layer's rows are packed straight
+        from its bytes into its run of one buffer (whole groups of 8 rows: each n a multiple
+        of 8); `release` as for pack()."""
         first = layers[0]
         if not all(
             isinstance(l, GGUFLinear) and l.packable() and l.ggml_type == first.ggml_type
@@ -128,12 +137,16 @@ class GGUFLinear(nn.Module):
             for l in layers
         ):
             return None
+        packed = torch.empty(sum(l._packed_bytes() for l in layers), dtype=torch.uint8)
+        start = 0
+        for l in layers:
+            l._pack_into(packed[start : start + l._packed_bytes()], release)
+            start += l._packed_bytes()
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         fused.ggml_type, fused.in_features = first.ggml_type, first.in_features
         fused.out_features = sum(l.out_features for l in layers)
-        fused.register_buffer("packed", native().pack([l.raw for l in layers], first.ggml_type, first.in_features),
-                              persistent=False)
+        fused.register_buffer("packed", packed, persistent=False)
         fused.raw = None
         fused.int8_activations = first.int8_activations
         return fused
