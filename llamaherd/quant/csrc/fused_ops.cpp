@@ -8,6 +8,8 @@ namespace llamaherd {
 // Each replaces several torch ops whose dispatch costs (microseconds each, hundreds per
 // token) rival the matrix products of a small model. Row-parallel, same math as torch.
 
+namespace {  // helpers, private to this file
+
 // e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two constants so r stays
 // exact), e^r by a degree-6 polynomial (Cephes' expf coefficients), 2^n put in the exponent
 // bits. Relative error about 1e-7 over [-87, 88]; below that the result flushes to 0.
@@ -24,6 +26,8 @@ inline __m256 exp8(__m256 x) {
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
+
+}  // namespace
 
 // x [..., D] -> x / sqrt(mean(x^2) + eps) * w
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
@@ -94,6 +98,8 @@ at::Tensor silu_mul(at::Tensor gate, c10::optional<at::Tensor> up_or_none) {
   });
   return y;
 }
+
+namespace {
 
 // Rotate the interleaved pairs of x [D] by rot [D/2][2] (cos, sin), into out.
 inline void rotate_pairs(const float* x, const float* rot, int64_t d, float* out) {
@@ -204,6 +210,8 @@ void attend_group(const float* q, int64_t g_heads, const float* keys, const floa
   for (int64_t g = 0; g < g_heads; ++g)
     for (int64_t i = 0; i < d; ++i) out[g * d + i] *= inv_total[g];
 }
+
+}  // namespace
 
 // A decode step's attention for one new token per sequence, in one call: rotate q [B, (1,) H, D]
 // and k [B, (1,) Hkv, D] by rot (cos, sin of each pair's angle: complex [B, ..., D/2] or its
