@@ -45,9 +45,7 @@ from .ggml_dequant import dequantize
 from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
-# repacked for the integer kernels, with the bytes of a packed block of 8 rows (csrc/packed_kernels.cpp)
-PACKED_GROUP_BYTES = {GGMLType.Q4_0: 144, GGMLType.Q4_1: 160, GGMLType.Q5_0: 176, GGMLType.Q5_1: 192, GGMLType.IQ4_NL: 144, GGMLType.Q8_0: 272}
-PACKED_TYPES = frozenset(PACKED_GROUP_BYTES)
+PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0})  # repacked, integer kernels
 FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multiplied as floats, a row at a time
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time
@@ -106,8 +104,7 @@ class GGUFLinear(nn.Module):
         return True
 
     def _packed_bytes(self) -> int:
-        groups = (self.out_features + 7) // 8
-        return groups * PACKED_GROUP_BYTES[GGMLType(self.ggml_type)] * (self.in_features // 32)
+        return native().packed_bytes(self.ggml_type, self.out_features, self.in_features)
 
     def _pack_into(self, out: torch.Tensor, release: Release | None) -> None:
         """Pack `raw` into `out` (_packed_bytes() of them) PACK_CHUNK_BYTES of source bytes at

@@ -14,6 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_16bit", &dequant_16bit, "decode rows of an F16 or BF16 weight to float32", nogil);
   m.def("pack", &pack, "stack GGML weights by rows and repack them 8 rows interleaved (into `out` when given)",
         py::arg("parts"), py::arg("type"), py::arg("k"), py::arg("out") = py::none(), nogil);
+  m.def("packed_bytes", &packed_bytes, "bytes of N rows of K values of a type in the packed layout");
   m.def("unpack", &unpack, "the GGML bytes of a packed weight", nogil);
   m.def("dequant_packed", &dequant_packed, "decode rows of a packed weight to float32", nogil);
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);

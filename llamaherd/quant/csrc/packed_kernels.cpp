@@ -419,10 +419,14 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
   return out;
 }
 
+int64_t packed_bytes(int64_t type, int64_t n, int64_t k) {
+  TORCH_CHECK(n >= 0 && k > 0 && k % 32 == 0, "row length must be a positive multiple of 32");
+  return groups_of(n) * (k / 32) * packed_block_bytes(type);
+}
+
 void check_packed(const at::Tensor& w, int64_t type, int64_t n, int64_t k) {
-  TORCH_CHECK(k > 0 && k % 32 == 0, "row length must be a positive multiple of 32");
   TORCH_CHECK(w.dtype() == at::kByte && w.is_contiguous() && w.dim() == 1, "packed weight must be contiguous 1-D uint8");
-  TORCH_CHECK(w.numel() == groups_of(n) * (k / 32) * packed_block_bytes(type), "packed weight has ", w.numel(),
+  TORCH_CHECK(w.numel() == packed_bytes(type, n, k), "packed weight has ", w.numel(),
               " bytes, not the size of ", n, " rows of ", k);
 }
 
