@@ -6,6 +6,11 @@ here: `forward(tokens, positions, cache) -> logits`.
 Weight names follow Meta's checkpoints (`layers.N.attention.wq.weight`, ...), and the
 rows of wq and wk are in Meta's (and GGUF's) rotary layout: dimensions 2i and 2i+1 of
 each head form one rotating pair. Readers convert other layouts to this one.
+
+Inside a block, its parts are called through their forward(): nn.Module.__call__ costs
+microseconds (7 here), and a small model's decode step made ~270 such calls, 1.9 ms of
+SmolLM2-135M's 15.5 ms step. Hooks on the model and on its blocks run; hooks on a block's
+parts (norms, attention, feed-forward, linears) do not.
 """
 
 from __future__ import annotations
@@ -78,9 +83,9 @@ class Attention(nn.Module):
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.wqkv is None:
-            return self.wq(x), self.wk(x), self.wv(x)
+            return self.wq.forward(x), self.wk.forward(x), self.wv.forward(x)
         kv = self.n_kv_heads * self.head_dim
-        return self.wqkv(x).split((self.n_heads * self.head_dim, kv, kv), dim=-1)
+        return self.wqkv.forward(x).split((self.n_heads * self.head_dim, kv, kv), dim=-1)
 
     def forward(
         self,
@@ -100,7 +105,7 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv_heads, self.head_dim)
         if cache is not None and t == 1:  # decoding: each row's new token against its own cached slots
             out = fused_ops.decode_attention(q, k, v, rotation, cache, layer, rows, positions)
-            return self.wo(out.reshape(b, 1, self.n_heads * self.head_dim))
+            return self.wo.forward(out.reshape(b, 1, self.n_heads * self.head_dim))
         q, k = apply_rotary_emb(q, rotation), apply_rotary_emb(k, rotation)
         if cache is not None:
             keys, values = cache.update(layer, k, v, positions, rows, span)
@@ -110,7 +115,7 @@ class Attention(nn.Module):
             q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.wo.forward(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
@@ -130,8 +135,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is None:
-            return self.w2(fused_ops.silu_mul(self.w1(x), self.w3(x)))
-        return self.w2(fused_ops.silu_mul(self.w13(x)))
+            return self.w2.forward(fused_ops.silu_mul(self.w1.forward(x), self.w3.forward(x)))
+        return self.w2.forward(fused_ops.silu_mul(self.w13.forward(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -143,8 +148,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
     def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), *attn_args)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h = x + self.attention.forward(self.attention_norm.forward(x), *attn_args)
+        return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 
 
 class Transformer(nn.Module):

@@ -69,3 +69,22 @@ def test_batched_rows_of_different_lengths_match_single_runs(tmp_path):
         step = model(torch.tensor([[a[-1]], [b[-1]]]), torch.tensor([[len(a) - 1], [len(b) - 1]]), cache)
     assert (step[0, 0] - llm.logits(a)[-1]).abs().max().item() < 1e-4
     assert (step[1, 0] - llm.logits(b)[-1]).abs().max().item() < 1e-4
+
+
+def test_block_hooks_see_transformers_hidden_states(tmp_path):
+    """Forward hooks on the blocks run (the model calls its blocks through nn.Module, their
+    parts through forward()): block i's output is transformers' hidden state i + 1."""
+    hf = random_hf_llama(seed=6, num_attention_heads=4, num_key_value_heads=2)
+    llm = llamaherd.load(write_gguf_from_hf(hf, tmp_path / "m.gguf"))
+    seen = {}
+    handles = [block.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, out.detach().clone()))
+               for i, block in enumerate(llm.model.layers)]
+    ids = list(range(3, 20))
+    llm.logits(ids)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        hidden = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    assert sorted(seen) == list(range(len(llm.model.layers)))
+    for i in range(len(llm.model.layers) - 1):  # the last of transformers' is after the final norm
+        assert (seen[i][0] - hidden[i + 1][0]).abs().max().item() < 1e-4
