@@ -134,11 +134,10 @@ class GGUFLinear(nn.Module):
             for l in layers
         ):
             return None
-        packed = torch.empty(sum(l._packed_bytes() for l in layers), dtype=torch.uint8)
-        start = 0
-        for l in layers:
-            l._pack_into(packed[start : start + l._packed_bytes()], release)
-            start += l._packed_bytes()
+        sizes = [l._packed_bytes() for l in layers]
+        packed = torch.empty(sum(sizes), dtype=torch.uint8)
+        for l, part in zip(layers, packed.split(sizes)):
+            l._pack_into(part, release)
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         fused.ggml_type, fused.in_features = first.ggml_type, first.in_features
