@@ -9,10 +9,13 @@ ops are tested against.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 from .cache import KVCache
+from .quant.gguf_linear import DECODE_ROWS, GGUFLinear
 from .quant.kernels import native
 
 
@@ -63,6 +66,51 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotation
         enable_gqa=keys.shape[1] != h,
     )
     return out.transpose(1, 2)
+
+
+class DecodePlan(NamedTuple):
+    """What decode_block needs of a block: its norms and its four packed products."""
+
+    attention_norm: torch.Tensor
+    ffn_norm: torch.Tensor
+    eps: float
+    weights: list[torch.Tensor]  # packed wqkv, wo, w13, w2
+    spec: list[int]  # GGML type and out features of each
+    x_terms: int  # int8 terms carrying x (GGUFLinear)
+    n_heads: int
+    n_kv_heads: int
+
+
+def decode_plan(block) -> DecodePlan | None:
+    """A TransformerBlock's decode plan, or None where its parts don't allow one native call:
+    q/k/v and w1/w3 fused, all four products packed GGUF layers (the native kernels, CPU)
+    rounding x alike, float32 norms. Built once by the loader: building it costs tens of
+    microseconds, as long as the native call saves."""
+    attn, ffn = block.attention, block.feed_forward
+    norms = (block.attention_norm, block.ffn_norm)
+    linears = (attn.wqkv, attn.wo, ffn.w13, ffn.w2)
+    if native() is None or norms[0].eps != norms[1].eps or any(n.weight.dtype is not torch.float32 for n in norms):
+        return None
+    if not all(isinstance(l, GGUFLinear) and l.packed is not None and l.int8_activations == attn.wqkv.int8_activations
+               for l in linears):
+        return None
+    return DecodePlan(norms[0].weight, norms[1].weight, norms[0].eps, [l.packed for l in linears],
+                      [v for l in linears for v in (l.ggml_type, l.out_features)],
+                      1 if attn.wqkv.int8_activations else 3, attn.n_heads, attn.n_kv_heads)
+
+
+def decode_block(plan: DecodePlan, x: torch.Tensor, rotation: torch.Tensor, layer: int, positions: torch.Tensor,
+                 cache: KVCache, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """A TransformerBlock's decode step (x [B, 1, dim]) as one native call by its plan, or
+    None where these inputs need the op-by-op path (not float32 on the CPU, more than
+    DECODE_ROWS rows). The same kernels in the same order as the block's own forward, without
+    Python between them (a small model's decode step spent more time there than in its
+    products); tests/test_fast_paths.py checks the two agree bit for bit."""
+    ext = _native_for(x, cache.k)
+    if ext is None or x.shape[0] > DECODE_ROWS:
+        return None
+    return ext.decode_block(x, plan.attention_norm, plan.ffn_norm, plan.eps, plan.weights, plan.spec, plan.x_terms,
+                            plan.n_heads, plan.n_kv_heads, rotation, cache.k, cache.v, layer, rows, positions)
 
 
 def apply_rotary_emb(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:

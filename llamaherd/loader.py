@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from . import fused_ops
 from .errors import FormatError
 from .model import Transformer, rope_frequencies
 from .quant.ggml_types import GGMLType
@@ -128,7 +129,8 @@ def build_model(
 def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, str]) -> None:
     """Repack GGUF weights for the integer kernels (GGUFLinear.pack), q/k/v and w1/w3 of a
     layer into one product where their encodings allow (GGUFLinear.concat), letting go of the
-    file's pages as they are copied, a few MiB at a time, so no weight is held twice."""
+    file's pages as they are copied, a few MiB at a time, so no weight is held twice. Then
+    each block's decode plan (fused_ops.decode_plan), its parts being final."""
     def release(layer: GGUFLinear, start: int = 0, nbytes: int | None = None) -> None:
         file.release(file_tensors[layer], start, nbytes)
 
@@ -142,6 +144,8 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
     for module in model.modules():
         if isinstance(module, GGUFLinear) and module in file_tensors and module.pack(release):  # fused ones: packed
             release(module)
+    for block in model.layers:
+        block.decode_plan = fused_ops.decode_plan(block)
 
 
 def _release_if_copied(checkpoint, name: str, source: torch.Tensor, kept: torch.Tensor | None) -> None:

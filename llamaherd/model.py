@@ -140,6 +140,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    # set by a loader once the block's parts are final (fused_ops.decode_plan): its decode
+    # steps then run as one native call; replacing its parts afterwards needs a new plan
+    decode_plan: fused_ops.DecodePlan | None = None
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.attention = Attention(config)
@@ -148,6 +152,11 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
     def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
+        rotation, _, layer, positions, cache, rows, _ = attn_args
+        if self.decode_plan is not None and cache is not None and x.shape[1] == 1:  # decoding: one native call
+            out = fused_ops.decode_block(self.decode_plan, x, rotation, layer, positions, cache, rows)
+            if out is not None:
+                return out
         h = x + self.attention.forward(self.attention_norm.forward(x), *attn_args)
         return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 

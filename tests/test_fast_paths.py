@@ -3,7 +3,7 @@
 "plain" is `quantize="float"`: every weight dequantized to float32 and multiplied by
 torch, with torch's own attention and normalisation. "fast" is the default: the file's
 Q4_1/Q8_0 blocks repacked and multiplied in integers by the native kernels, q/k/v and
-w1/w3 fused, and the decode step's attention, norms and SwiGLU on native ops.
+w1/w3 fused, and each block's decode step one native call (norms, products, attention, SwiGLU).
 
 Weight bytes and integer products are exact (test_quant.py); activations enter the integer
 products as three int8 terms, within 2^-22 of each 32-value block's largest value, about
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import llamaherd
+from llamaherd import fused_ops
 from llamaherd.cache import KVCache
 from llamaherd.generate import SamplingParams, generate_tokens
 from llamaherd.quant.gguf_linear import GGUFLinear
@@ -81,3 +82,30 @@ def test_int8_activations_is_llama_cpps_rounding(smollm2_path, paths):
     a, b = llm8.logits(ids), plain.logits(ids)
     assert 1e-2 < (a - b).abs().max().item() < 5
     assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() > 0.8
+
+
+@pytest.mark.parametrize("int8_activations", [False, True])
+def test_decode_block_is_the_block_op_by_op(smollm2_path, int8_activations):
+    """A block's decode step as one native call (its decode_plan) gives the op-by-op block's
+    logits bit for bit: the same kernels in the same order. Three rows at different
+    positions, in cache rows 2, 0 and 1 of 4, so rows and positions are read per row."""
+    llm = llamaherd.load(smollm2_path, int8_activations=int8_activations)
+    blocks = llm.model.layers
+    if blocks[0].decode_plan is None:
+        pytest.skip("no native kernels")
+    plans = [b.decode_plan for b in blocks]
+    assert plans[0].x_terms == (1 if int8_activations else 3)  # the layers' activation rounding
+    cache = KVCache(llm.config, 4, 64)
+    rows = torch.tensor([2, 0, 1])
+    ids = torch.randint(0, llm.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        llm.model(ids, torch.arange(12).expand(3, -1), cache, rows=rows)
+        step = (torch.tensor([[7], [8], [9]]), torch.tensor([[12], [9], [5]]), cache)
+        fused = llm.model(*step, rows=rows)
+        for b in blocks:
+            b.decode_plan = None
+        op_by_op = llm.model(*step, rows=rows)
+        x, positions = torch.randn(3, 1, llm.config.dim), step[1]
+        ran = fused_ops.decode_block(plans[0], x, llm.model.rotary_angles(positions), 0, positions, cache, rows)
+    assert ran is not None and ran.shape == x.shape  # these inputs took the native block
+    assert torch.equal(fused, op_by_op)

@@ -24,6 +24,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up (rows may be strided); without up, gate is [..., 2H], both side by side",
         py::arg("gate"), py::arg("up") = py::none(), nogil);
   m.def("decode_attention", &decode_attention, "rotate, cache and attend one new token per sequence", nogil);
+  m.def("decode_block", &decode_block, "a transformer block's decode step in one call", nogil);
   m.def("quantize_q8", [](torch::Tensor x, int64_t block, int64_t terms) {  // for tests: the int8 terms the kernels multiply
     TORCH_CHECK(block == 32 || block == 256, "block must be 32 (gemm_packed) or 256 (gemm_kquant)");
     TORCH_CHECK(1 <= terms && terms <= 3, "terms must be 1, 2 or 3");

@@ -286,4 +286,30 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
   return out;
 }
 
+// A transformer block's decode step (one new token per row, x float32 [B, 1, dim]) in one
+// call: h = x + wo(attention(wqkv(norm(x)))), then h + w2(silu(w1 h') * w3 h') with h' the
+// normed h, its w1 and w3 fused in w13. The Python block does the same op by op; here no
+// Python runs between them (a small model's decode step spent more time there than in its
+// products). weights: wqkv, wo, w13, w2, packed (gemm_packed); spec: GGML type and out
+// features of each; x_terms: the int8 terms carrying x.
+at::Tensor decode_block(at::Tensor x, at::Tensor attention_norm, at::Tensor ffn_norm, double eps,
+                        std::vector<at::Tensor> weights, std::vector<int64_t> spec, int64_t x_terms,
+                        int64_t n_heads, int64_t n_kv_heads, at::Tensor rot, at::Tensor caches_k, at::Tensor caches_v,
+                        int64_t layer, c10::optional<at::Tensor> rows, at::Tensor positions) {
+  TORCH_CHECK(weights.size() == 4 && spec.size() == 8, "decode_block: four packed products (wqkv, wo, w13, w2)");
+  TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 3 && x.size(1) == 1, "decode_block: x float32 [B, 1, dim]");
+  const int64_t b = x.size(0), qkv = spec[1], d = qkv / (n_heads + 2 * n_kv_heads);
+  TORCH_CHECK(d > 0 && d * (n_heads + 2 * n_kv_heads) == qkv, "decode_block: wqkv's outputs are not H + 2 Hkv heads");
+  auto linear = [&](const at::Tensor& in, int i) { return gemm_packed(in, weights[i], spec[2 * i], spec[2 * i + 1], x_terms); };
+  const auto proj = linear(rms_norm(x, attention_norm, eps), 0);  // [B, 1, (H + 2 Hkv) D]
+  const auto q = proj.narrow(-1, 0, n_heads * d).view({b, 1, n_heads, d});
+  const auto k = proj.narrow(-1, n_heads * d, n_kv_heads * d).view({b, 1, n_kv_heads, d});
+  const auto v = proj.narrow(-1, (n_heads + n_kv_heads) * d, n_kv_heads * d).view({b, 1, n_kv_heads, d});
+  const auto attended = decode_attention(q, k, v, rot, caches_k, caches_v, layer, rows, positions);
+  auto h = linear(attended.view({b, 1, n_heads * d}), 1);
+  h.add_(x);
+  auto out = linear(silu_mul(linear(rms_norm(h, ffn_norm, eps), 2), c10::nullopt), 3);
+  return out.add_(h);
+}
+
 }  // namespace llamaherd

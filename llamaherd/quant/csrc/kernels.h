@@ -27,5 +27,9 @@ at::Tensor silu_mul(at::Tensor gate, c10::optional<at::Tensor> up);
 at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor rot,
                                at::Tensor caches_k, at::Tensor caches_v, int64_t layer,
                                c10::optional<at::Tensor> rows_or_none, at::Tensor positions);
+at::Tensor decode_block(at::Tensor x, at::Tensor attention_norm, at::Tensor ffn_norm, double eps,
+                        std::vector<at::Tensor> weights, std::vector<int64_t> spec, int64_t x_terms,
+                        int64_t n_heads, int64_t n_kv_heads, at::Tensor rot, at::Tensor caches_k, at::Tensor caches_v,
+                        int64_t layer, c10::optional<at::Tensor> rows, at::Tensor positions);
 
 }  // namespace llamaherd
