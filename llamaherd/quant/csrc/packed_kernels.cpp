@@ -396,15 +396,15 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
                 "each part must be contiguous 1-D uint8 holding whole rows");
     for (int64_t r = 0; r < p.numel() / rb; ++r) rows.push_back(p.data_ptr<uint8_t>() + r * rb);
   }
-  const int64_t n = rows.size();
+  const int64_t n = rows.size(), size = packed_bytes(type, n, k);
   const int64_t group_bytes = (k / 32) * packed_block_bytes(type);
   at::Tensor out;
   if (out_arg) {
     out = *out_arg;
-    TORCH_CHECK(out.dtype() == at::kByte && out.is_contiguous() && out.dim() == 1 && out.numel() == groups_of(n) * group_bytes,
-                "out must be contiguous 1-D uint8 of ", groups_of(n) * group_bytes, " bytes");
+    TORCH_CHECK(out.dtype() == at::kByte && out.is_contiguous() && out.dim() == 1 && out.numel() == size,
+                "out must be contiguous 1-D uint8 of ", size, " bytes");
   } else {
-    out = at::empty({groups_of(n) * group_bytes}, at::kByte);
+    out = at::empty({size}, at::kByte);
   }
   if (n % 8) std::memset(out.data_ptr<uint8_t>() + (groups_of(n) - 1) * group_bytes, 0, group_bytes);  // padding rows
   switch (type) {
