@@ -59,13 +59,18 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
         # packed types multiply in integers with x carried by int8 blocks: exact products, so
         # each equals the float matmul on that x up to float32 summation
         # int8_activations: one term (llama.cpp's rounding); by default three
+        # (packed k-quants: x in blocks of 256, the minimums' share on x's float sums, as below)
+        block = 256 if TYPES[name] in NATIVE_KQUANTS else 32
+        mins = kquant_minimums(raw, TYPES[name], n, k) if block == 256 else torch.zeros(n, k, dtype=torch.float64)
         for int8_activations, terms in ((True, 1), (False, 3)):
             layer.int8_activations = int8_activations
-            assert (layer(x).double() - int8_terms(x, terms) @ w_float.t()).abs().max().item() < tol
+            reference = int8_terms(x, terms, block) @ (w_float + mins).t() - x.double() @ mins.t()
+            assert (layer(x).double() - reference).abs().max().item() < tol
+        layer.int8_activations = False
         # three terms are float-accurate: within half the last step, d / 2^15 with d = max|x| / 127
         # (about 2^-22 of each block's largest value)
-        blocks = x.view(rows, -1, 32)
-        err = (int8_terms(x, 3).view_as(blocks) - blocks.double()).abs().amax(-1)
+        blocks = x.view(rows, -1, block)
+        err = (int8_terms(x, 3, block).view_as(blocks) - blocks.double()).abs().amax(-1)
         assert (err <= blocks.abs().amax(-1) / 127 * 2**-15 * (1 + 1e-5)).all()
         assert (layer(x).double() - expected).abs().max().item() < 1e-5 * expected.abs().max().item()
         assert torch.equal(layer.ggml_bytes(), raw)  # the packed layout loses nothing
@@ -98,14 +103,14 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
 def test_native_packs_the_types_it_multiplies():
     if native() is None:
         pytest.skip("no native kernels")
-    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0")
+    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K")
     for name in packed:
-        raw = gguf_bytes(np.ones((8, 64), np.float32), TYPES[name])
-        assert GGUFLinear(raw, int(TYPES[name]), 8, 64).packed is not None
+        raw = gguf_bytes(np.ones((8, 256), np.float32), TYPES[name])
+        assert GGUFLinear(raw, int(TYPES[name]), 8, 256).packed is not None
     assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in packed}
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit
     (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""
@@ -125,14 +130,14 @@ def test_concat_equals_separate_layers(name):
 
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K"])
 def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
     """A weight packed a chunk of rows at a time (so its file pages can go as it is packed)
     is the same bytes as packed whole, and each chunk's source bytes are handed back once,
     in order, covering the weight (69 rows: a partial last group of 8)."""
     if native() is None:
         pytest.skip("no native kernels")
-    n, k = 69, 128
+    n, k = 69, 256  # 256: a whole k-quant super-block
     raw = gguf_bytes(np.random.default_rng(4).standard_normal((n, k), dtype=np.float32), TYPES[name])
     rb = raw.numel() // n
     monkeypatch.setattr(gguf_linear, "PACK_CHUNK_BYTES", 16 * rb)  # chunks of 16 rows: five

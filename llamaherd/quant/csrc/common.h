@@ -8,7 +8,7 @@
 //   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes, a 256-value super-block at
 //     a time: multiplied in integers with a few rows of x rounded to int8 (gemm_kquant_q8), or
 //     runs of rows decoded to float32 for BLAS (prefill) exactly as GGML decodes them.
-//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0: the loader repacks the weight
+//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K: the loader repacks the weight
 //     into an 8-row interleaved layout (pack(), described there) and packed_gemm() multiplies
 //     it in integers with x rounded to int8 blocks, for any number of rows of x. Results equal
 //     "dequantize W, round x to its int8 blocks, then x @ W^T" up to float summation order.
@@ -86,6 +86,20 @@ inline constexpr int8_t IQ4_LEVELS[16] = {-127, -104, -83, -65, -49, -35, -22, -
 inline __m256i iq4_levels(__m256i nibbles) {
   const __m128i table = _mm_loadu_si128((const __m128i*)IQ4_LEVELS);
   return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
+}
+
+// Q4_K / Q5_K's 12 scale bytes -> the 8 six-bit scales and the 8 minimums of the sub-blocks,
+// a byte each (GGML's get_scale_min_k4, 4 sub-blocks at a time): sub-blocks 0-3 in the low 6
+// bits of bytes 0-3 (scales) and 4-7 (minimums); 4-7 take their low 4 bits from bytes 8-11
+// and their top 2 from the spare top bits of bytes 0-3 and 4-7.
+inline void scales_mins_k4(const uint8_t* packed, uint64_t& scales, uint64_t& mins) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
+  const uint32_t s47 = (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4);
+  const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
+  scales = uint64_t(s03) | uint64_t(s47) << 32;
+  mins = uint64_t(m03) | uint64_t(m47) << 32;
 }
 
 // --- int8-rounded activations -----------------------------------------------------------

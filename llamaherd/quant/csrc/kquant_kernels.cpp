@@ -30,20 +30,6 @@ struct SuperBlock {
   }
 };
 
-// Q4_K / Q5_K's 12 scale bytes -> the 8 six-bit scales and the 8 minimums of the sub-blocks,
-// a byte each (GGML's get_scale_min_k4, 4 sub-blocks at a time): sub-blocks 0-3 in the low 6
-// bits of bytes 0-3 (scales) and 4-7 (minimums); 4-7 take their low 4 bits from bytes 8-11
-// and their top 2 from the spare top bits of bytes 0-3 and 4-7.
-inline void scales_mins_k4(const uint8_t* packed, uint64_t& scales, uint64_t& mins) {
-  uint32_t u[3];
-  std::memcpy(u, packed, 12);
-  const uint32_t s03 = u[0] & 0x3F3F3F3F, m03 = u[1] & 0x3F3F3F3F;
-  const uint32_t s47 = (u[2] & 0x0F0F0F0F) | (((u[0] >> 6) & 0x03030303) << 4);
-  const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
-  scales = uint64_t(s03) | uint64_t(s47) << 32;
-  mins = uint64_t(m03) | uint64_t(m47) << 32;
-}
-
 // Q3_K's 12 scale bytes -> its 16 scales as int8 (six bits, biased by 32): value g takes its
 // low 4 bits from byte g (g < 8: low nibble) or g - 8 (high nibble), its top 2 from bits
 // 2 * (g / 4) of byte 8 + g % 4 (GGML's layout, decoded here 16 at a time).
