@@ -69,12 +69,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotation
 
 
 class DecodePlan(NamedTuple):
-    """What decode_block needs of a block: its norms and its four packed products."""
+    """What decode_block needs of a block: its norms and its packed products."""
 
     attention_norm: torch.Tensor
     ffn_norm: torch.Tensor
     eps: float
-    weights: list[torch.Tensor]  # packed wqkv, wo, w13, w2
+    weights: list[torch.Tensor]  # packed wqkv (or wq, wk, wv where their types differ), wo, w13, w2
     spec: list[int]  # GGML type and out features of each
     x_terms: int  # int8 terms carrying x (GGUFLinear)
     n_heads: int
@@ -83,20 +83,21 @@ class DecodePlan(NamedTuple):
 
 def decode_plan(block) -> DecodePlan | None:
     """A TransformerBlock's decode plan, or None where its parts don't allow one native call:
-    q/k/v and w1/w3 fused, all four products packed GGUF layers (the native kernels, CPU)
-    rounding x alike, float32 norms. Built once by the loader: building it costs tens of
-    microseconds, as long as the native call saves."""
+    w1/w3 fused, q/k/v fused or three products (where their types differ), all of them packed
+    GGUF layers (the native kernels, CPU) rounding x alike, float32 norms. Built once by the
+    loader: building it costs tens of microseconds, as long as the native call saves."""
     attn, ffn = block.attention, block.feed_forward
     norms = (block.attention_norm, block.ffn_norm)
-    linears = (attn.wqkv, attn.wo, ffn.w13, ffn.w2)
+    projections = (attn.wqkv,) if attn.wqkv is not None else (attn.wq, attn.wk, attn.wv)
+    linears = (*projections, attn.wo, ffn.w13, ffn.w2)
     if native() is None or norms[0].eps != norms[1].eps or any(n.weight.dtype is not torch.float32 for n in norms):
         return None
-    if not all(isinstance(l, GGUFLinear) and l.packed is not None and l.int8_activations == attn.wqkv.int8_activations
+    if not all(isinstance(l, GGUFLinear) and l.packed is not None and l.int8_activations == attn.wo.int8_activations
                for l in linears):
         return None
     return DecodePlan(norms[0].weight, norms[1].weight, norms[0].eps, [l.packed for l in linears],
                       [v for l in linears for v in (l.ggml_type, l.out_features)],
-                      1 if attn.wqkv.int8_activations else 3, attn.n_heads, attn.n_kv_heads)
+                      1 if attn.wo.int8_activations else 3, attn.n_heads, attn.n_kv_heads)
 
 
 def decode_block(plan: DecodePlan, x: torch.Tensor, rotation: torch.Tensor, layer: int, positions: torch.Tensor,

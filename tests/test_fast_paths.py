@@ -109,3 +109,34 @@ def test_decode_block_is_the_block_op_by_op(smollm2_path, int8_activations):
         ran = fused_ops.decode_block(plans[0], x, llm.model.rotary_angles(positions), 0, positions, cache, rows)
     assert ran is not None and ran.shape == x.shape  # these inputs took the native block
     assert torch.equal(fused, op_by_op)
+
+
+def test_decode_block_with_q_k_v_apart(smollm2_path):
+    """Where q, k and v can't share one product (a Q4_K_M file's v is Q6_K in some layers),
+    the native block takes them as three: the same logits, bit for bit, as the op-by-op
+    block and as the fused product."""
+    llm = llamaherd.load(smollm2_path)
+    blocks = llm.model.layers
+    if blocks[0].decode_plan is None:
+        pytest.skip("no native kernels")
+    cache = KVCache(llm.config, 2, 32)
+    ids = torch.randint(0, llm.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
+    step = (torch.tensor([[7], [8]]), torch.tensor([[6], [6]]), cache)
+    with torch.inference_mode():
+        llm.model(ids, torch.arange(6).expand(2, -1), cache)
+        fused = llm.model(*step)
+        for b in blocks:  # the fused q/k/v product cut back into three packed layers
+            attn, fused_qkv = b.attention, b.attention.wqkv
+            sizes = [attn.n_heads * attn.head_dim] + 2 * [attn.n_kv_heads * attn.head_dim]
+            raw = fused_qkv.ggml_bytes()
+            rows = raw.split([n * raw.numel() // fused_qkv.out_features for n in sizes])
+            attn.wq, attn.wk, attn.wv = (GGUFLinear(r.clone(), fused_qkv.ggml_type, n, fused_qkv.in_features) for r, n in zip(rows, sizes))
+            attn.wqkv = None
+            b.decode_plan = fused_ops.decode_plan(b)
+        assert all(len(b.decode_plan.weights) == 6 for b in blocks)
+        apart = llm.model(*step)
+        for b in blocks:
+            b.decode_plan = None
+        op_by_op = llm.model(*step)
+    assert torch.equal(apart, op_by_op)
+    assert torch.equal(apart, fused)

@@ -290,25 +290,36 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
 // call: h = x + wo(attention(wqkv(norm(x)))), then h + w2(silu(w1 h') * w3 h') with h' the
 // normed h, its w1 and w3 fused in w13. The Python block does the same op by op; here no
 // Python runs between them (a small model's decode step spent more time there than in its
-// products). weights: wqkv, wo, w13, w2, packed (gemm_packed); spec: GGML type and out
-// features of each; x_terms: the int8 terms carrying x.
+// products). weights: wqkv, wo, w13, w2, packed (gemm_packed), or wq, wk, wv, wo, w13, w2
+// where q, k and v differ in type (a Q4_K_M file's v is Q6_K in some layers); spec: GGML type
+// and out features of each; x_terms: the int8 terms carrying x.
 at::Tensor decode_block(at::Tensor x, at::Tensor attention_norm, at::Tensor ffn_norm, double eps,
                         std::vector<at::Tensor> weights, std::vector<int64_t> spec, int64_t x_terms,
                         int64_t n_heads, int64_t n_kv_heads, at::Tensor rot, at::Tensor caches_k, at::Tensor caches_v,
                         int64_t layer, c10::optional<at::Tensor> rows, at::Tensor positions) {
-  TORCH_CHECK(weights.size() == 4 && spec.size() == 8, "decode_block: four packed products (wqkv, wo, w13, w2)");
+  const int64_t parts = int64_t(weights.size());
+  TORCH_CHECK((parts == 4 || parts == 6) && int64_t(spec.size()) == 2 * parts,
+              "decode_block: packed products wqkv (or wq, wk, wv), wo, w13, w2 and their specs");
   TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 3 && x.size(1) == 1, "decode_block: x float32 [B, 1, dim]");
-  const int64_t b = x.size(0), qkv = spec[1], d = qkv / (n_heads + 2 * n_kv_heads);
-  TORCH_CHECK(d > 0 && d * (n_heads + 2 * n_kv_heads) == qkv, "decode_block: wqkv's outputs are not H + 2 Hkv heads");
-  auto linear = [&](const at::Tensor& in, int i) { return gemm_packed(in, weights[i], spec[2 * i], spec[2 * i + 1], x_terms); };
-  const auto proj = linear(rms_norm(x, attention_norm, eps), 0);  // [B, 1, (H + 2 Hkv) D]
-  const auto q = proj.narrow(-1, 0, n_heads * d).view({b, 1, n_heads, d});
-  const auto k = proj.narrow(-1, n_heads * d, n_kv_heads * d).view({b, 1, n_kv_heads, d});
-  const auto v = proj.narrow(-1, (n_heads + n_kv_heads) * d, n_kv_heads * d).view({b, 1, n_kv_heads, d});
+  const int64_t b = x.size(0), qkv = parts == 4 ? spec[1] : spec[1] + spec[3] + spec[5], d = qkv / (n_heads + 2 * n_kv_heads);
+  TORCH_CHECK(d > 0 && d * (n_heads + 2 * n_kv_heads) == qkv, "decode_block: q, k and v's outputs are not H + 2 Hkv heads");
+  auto linear = [&](const at::Tensor& in, int64_t i) { return gemm_packed(in, weights[i], spec[2 * i], spec[2 * i + 1], x_terms); };
+  const auto normed = rms_norm(x, attention_norm, eps);
+  at::Tensor q, k, v;
+  if (parts == 4) {
+    const auto proj = linear(normed, 0);  // [B, 1, (H + 2 Hkv) D]
+    q = proj.narrow(-1, 0, n_heads * d);
+    k = proj.narrow(-1, n_heads * d, n_kv_heads * d);
+    v = proj.narrow(-1, (n_heads + n_kv_heads) * d, n_kv_heads * d);
+  } else {
+    q = linear(normed, 0), k = linear(normed, 1), v = linear(normed, 2);
+  }
+  q = q.view({b, 1, n_heads, d}), k = k.view({b, 1, n_kv_heads, d}), v = v.view({b, 1, n_kv_heads, d});
   const auto attended = decode_attention(q, k, v, rot, caches_k, caches_v, layer, rows, positions);
-  auto h = linear(attended.view({b, 1, n_heads * d}), 1);
+  const int64_t wo = parts - 3;  // then w13, w2
+  auto h = linear(attended.view({b, 1, n_heads * d}), wo);
   h.add_(x);
-  auto out = linear(silu_mul(linear(rms_norm(h, ffn_norm, eps), 2), c10::nullopt), 3);
+  auto out = linear(silu_mul(linear(rms_norm(h, ffn_norm, eps), wo + 1), c10::nullopt), wo + 2);
   return out.add_(h);
 }
 

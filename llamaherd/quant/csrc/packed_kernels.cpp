@@ -1,4 +1,4 @@
-// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0 and Q4_K in the packed 8-row layout (described below):
+// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K and Q6_K in the packed 8-row layout (described below):
 // pack, unpack, decode to float32, and products in integers with x rounded to int8 blocks.
 #include "common.h"
 #include "kernels.h"
@@ -7,7 +7,7 @@ namespace llamaherd {
 
 namespace {
 
-// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0 and Q4_K ----------
+// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K and Q6_K ---
 //
 // The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
 // 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
@@ -30,6 +30,12 @@ namespace {
 //   Q4_K: d[8] fp16 | dmin[8] fp16 | scale[8 sub-blocks][8 rows] | min[8][8] | 8 x 4 chunks
 //                                                                 (1184 bytes, the file's 1152
 //                                                                 and the scales unpacked)
+//   Q6_K: d[8] fp16 | scale[16 (16 values each)][8 rows] int8 | 8 sub-blocks of 192 bytes:
+//         4 chunks of the values' low 4 bits, then 2 registers of their top 2 bits (1680 bytes)
+// Q6_K's values are kept as the file's 6-bit u = q + 32 (unsigned, for the byte multiply-adds;
+// the kernel takes the 32 back on x's float sums). Top-bit register p serves chunks 2p (bits
+// 0-3 of each byte) and 2p + 1 (bits 4-7): byte 4r + i holds the top bits of the values whose
+// low bits share byte 4r + i of the chunk, the low nibble's value first.
 // Q4 chunk c: bytes 4r..4r+3 are row r's values 8c+i (low nibble) and 8c+4+i (high nibble).
 // Q5: the same chunks hold the low 4 bits; row r's qh (bit v: the fifth bit of value v) is
 // GGML's, as it is.
@@ -47,15 +53,18 @@ inline int64_t packed_block_bytes(int64_t type) {
     case IQ4_NL: return 144;
     case Q8_0: return 272;
     case Q4_K: return 1184;
+    case Q6_K: return 1680;
   }
   TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
 }
 
 // Values a packed block holds of each row: a super-block for Q4_K, else 32.
-inline int64_t packed_block_values(int64_t type) { return type == Q4_K ? 256 : 32; }
+inline int64_t packed_block_values(int64_t type) { return type == Q4_K || type == Q6_K ? 256 : 32; }
 
 // Q4_K's packed super-block: where its parts start
 constexpr int K4_DMIN = 16, K4_SCALES = 32, K4_MINS = 96, K4_CHUNKS = 160;
+// and Q6_K's: sub-block j's chunks at K6_SUBBLOCKS + 192 j, its top bits 128 bytes on
+constexpr int K6_SCALES = 16, K6_SUBBLOCKS = 144;
 
 inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
@@ -184,6 +193,63 @@ inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) {
   }
 }
 
+// Q6_K's 256 six-bit values u (GGML: ql[128] | qh[64] | scales[16] | d): value 128h + 32t + l
+// has its low 4 bits in ql[64h + 32(t % 2) + l] (low nibble for t < 2) and its top 2 in bits
+// 2t of qh[32h + l].
+inline void q6k_values(const uint8_t* src, uint8_t u[256]) {
+  for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < 4; ++t)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t low = src[64 * h + 32 * (t % 2) + l], top = src[128 + 32 * h + l];
+        u[128 * h + 32 * t + l] = uint8_t(((t < 2 ? low : low >> 4) & 0x0F) | (((top >> (2 * t)) & 3) << 4));
+      }
+}
+
+template <>
+inline void pack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) {
+  std::memcpy(dst + 2 * r, src + 208, 2);
+  for (int g = 0; g < 16; ++g) dst[K6_SCALES + 8 * g + r] = src[192 + g];
+  alignas(16) uint8_t u[256];
+  q6k_values(src, u);
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t* v = u + 32 * j;
+    uint8_t* out = dst + K6_SUBBLOCKS + 192 * j;
+    store_chunks(_mm_and_si128(_mm_load_si128((const __m128i*)v), mask), _mm_and_si128(_mm_load_si128((const __m128i*)(v + 16)), mask), r, out);
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        const int pair = (v[8 * c + i] >> 4) | ((v[8 * c + 4 + i] >> 4) << 2);
+        uint8_t& byte = out[128 + 32 * (c / 2) + 4 * r + i];
+        byte = uint8_t(c % 2 ? (byte & 0x0F) | (pair << 4) : (byte & 0xF0) | pair);
+      }
+  }
+}
+
+template <>
+inline void unpack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) {
+  std::memcpy(dst + 208, src + 2 * r, 2);
+  for (int g = 0; g < 16; ++g) dst[192 + g] = src[K6_SCALES + 8 * g + r];
+  uint8_t u[256];
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t* in = src + K6_SUBBLOCKS + 192 * j;
+    load_chunks(in, r, u + 32 * j);
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
+        u[32 * j + 8 * c + i] |= uint8_t((pair & 3) << 4);
+        u[32 * j + 8 * c + 4 + i] |= uint8_t((pair >> 2) << 4);
+      }
+  }
+  std::memset(dst, 0, 192);
+  for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < 4; ++t)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t v = u[128 * h + 32 * t + l];
+        dst[64 * h + 32 * (t % 2) + l] |= uint8_t((v & 0x0F) << (t < 2 ? 0 : 4));
+        dst[128 + 32 * h + l] |= uint8_t((v >> 4) << (2 * t));
+      }
+}
+
 template <int64_t T>
 void pack_rows(const std::vector<const uint8_t*>& rows, int64_t k, uint8_t* out) {
   const int64_t vals = packed_block_values(T), nb = k / vals, gb = packed_block_bytes(T), bb = row_bytes(T, vals);
@@ -274,6 +340,35 @@ inline void dequant_group_block<Q4_K>(const uint8_t* blk, float* out, int64_t k)
   }
 }
 
+// Q6_K: chunk c of a packed sub-block `sub` as whole 6-bit values, as Q4's lo and hi: the low
+// 4 bits from the chunk, the top 2 from the top-bit register (layout above).
+inline void q6k_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
+  const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c));
+  const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128 + 32 * (c / 2)));
+  const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i top_lo = c % 2 ? top : _mm256_slli_epi16(top, 4);
+  const __m256i top_hi = c % 2 ? _mm256_srli_epi16(top, 2) : _mm256_slli_epi16(top, 2);
+  lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(top_lo, bits45));
+  hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_and_si256(top_hi, bits45));
+}
+
+// Q6_K: 16 values of row r take scale g: d1 = d * scale, y = d1 * (u - 32), as GGML.
+template <>
+inline void dequant_group_block<Q6_K>(const uint8_t* blk, float* out, int64_t k) {
+  for (int j = 0; j < 8; ++j)
+    for (int c = 0; c < 4; ++c) {
+      const int g = 2 * j + c / 2;
+      __m256i lo, hi;
+      q6k_chunk(blk + K6_SUBBLOCKS + 192 * j, c, lo, hi);
+      __m256 rows[8];
+      chunk_rows(lo, hi, rows);
+      for (int r = 0; r < 8; ++r) {
+        const float d1 = half(blk + 2 * r) * float(int8_t(blk[K6_SCALES + 8 * g + r]));
+        _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_sub_ps(rows[r], _mm256_set1_ps(32.f))));
+      }
+    }
+}
+
 // Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill):
 // whole groups of 8 rows with vectors, rows of groups cut by r0 or r1 one at a time.
 template <int64_t T>
@@ -292,7 +387,21 @@ void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r
         for (int64_t b = 0; b < nb; ++b, o += vals) {
           const uint8_t* blk = gw + b * gb;
           const float d = half(blk + 2 * r);
-          if constexpr (T == Q4_K) {
+          if constexpr (T == Q6_K) {
+            for (int j = 0; j < 8; ++j) {
+              const uint8_t* in = blk + K6_SUBBLOCKS + 192 * j;
+              uint8_t v[32];
+              load_chunks(in, r, v);
+              for (int c = 0; c < 4; ++c)
+                for (int i = 0; i < 4; ++i) {
+                  const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
+                  v[8 * c + i] |= uint8_t((pair & 3) << 4);
+                  v[8 * c + 4 + i] |= uint8_t((pair >> 2) << 4);
+                }
+              for (int l = 0; l < 32; ++l)
+                o[32 * j + l] = d * float(int8_t(blk[K6_SCALES + 8 * (2 * j + l / 16) + r])) * float(int(v[l]) - 32);
+            }
+          } else if constexpr (T == Q4_K) {
             for (int j = 0; j < 8; ++j) {
               float d1, m1;
               q4k_sub_scales(blk, r, j, d1, m1);
@@ -493,6 +602,17 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
   });
 }
 
+// Float sums of x's rows per `span` values: the k-quant offsets' and minimums' share.
+std::vector<float> span_sums(const float* x, int64_t m, int64_t k, int span) {
+  std::vector<float> sums(m * k / span);
+  for (size_t i = 0; i < sums.size(); ++i) {
+    float t = 0.f;
+    for (int v = 0; v < span; ++v) t += x[span * i + v];
+    sums[i] = t;
+  }
+  return sums;
+}
+
 // Q4_K: y[m, 8g .. 8g+7] for TM rows of x against weight group g, x carried by TERMS int8 terms
 // with one scale per 256 values (quantize_act's block 256: one per super-block, as GGML's
 // Q8_K). A sub-block's 32 products of each row sum in int16 (8 pair sums <= 8 * 2 * 15 * 127)
@@ -547,36 +667,81 @@ inline void q4k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
   for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
 }
 
-constexpr int Q4K_TM = 2;  // x rows per pass: three terms of two rows keep their sums in registers
-
-template <int TERMS>
-void q4k_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
-  if (tm == 1) return q4k_group_tile<1, TERMS>(gw, nsb, a, xsum, m0, k, out8);
-  return q4k_group_tile<2, TERMS>(gw, nsb, a, xsum, m0, k, out8);
+// Q6_K: as Q4_K, with two scales (int8) a sub-block, one per 16 values (chunks 0-1 and 2-3):
+// a chunk's pair sums of 6-bit values (<= 2 * 2 * 63 * 127) fill int16, so each chunk meets its
+// scale in its own multiply-add (8 sub-blocks: <= 8 * 4 * 128 * 2 * 32004 < 2^31). The values
+// are u = q + 32: the 32 comes back as -32 * d * sum(scale * x) on x's float sums per 16
+// values (xsum16 [m, k / 16]).
+template <int TM, int TERMS>
+inline void q6k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
+  constexpr int64_t gb = 1680;
+  __m256 acc[TM];
+  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
+  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
+  const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus32 = _mm256_set1_ps(-32.f);
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* blk = gw + sb * gb;
+    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
+    __m256i isum[TM][TERMS];
+    for (int m = 0; m < TM; ++m)
+      for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      __m256i lo[4], hi[4], sc16[2];
+      for (int c = 0; c < 4; ++c) q6k_chunk(blk + K6_SUBBLOCKS + 192 * j, c, lo[c], hi[c]);
+      for (int h = 0; h < 2; ++h) {  // row r's scale in both its int16 lanes
+        const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K6_SCALES + 8 * (2 * j + h))));
+        sc16[h] = _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA);
+      }
+      for (int m = 0; m < TM; ++m)
+        for (int t = 0; t < TERMS; ++t) {
+        __m256i s[4];
+        chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
+        isum[m][t] = _mm256_add_epi32(isum[m][t], _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s[0], sc16[0]), _mm256_madd_epi16(s[1], sc16[0])),
+                                                             _mm256_add_epi32(_mm256_madd_epi16(s[2], sc16[1]), _mm256_madd_epi16(s[3], sc16[1]))));
+      }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
+    for (int m = 0; m < TM; ++m) {
+      __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
+      for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
+      const float* xs = xsum16 + (m0 + m) * (k / 16) + 16 * sb;
+      __m256 offset = _mm256_setzero_ps();  // sum over the 16 scales of scale * sum(x)
+      for (int g = 0; g < 16; ++g)
+        offset = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K6_SCALES + 8 * g)))), _mm256_set1_ps(xs[g]), offset);
+      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
+      acc[m] = _mm256_fmadd_ps(dw, _mm256_fmadd_ps(_mm256_set1_ps(e), f, _mm256_mul_ps(minus32, offset)), acc[m]);
+    }
+  }
+  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
 }
 
-// y [m, n] for a packed Q4_K weight: x rounded by quantize_act(x, m, k, terms, 256).
-void packed_gemm_q4k(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
-  const int64_t nsb = k / 256, gb = packed_block_bytes(Q4_K), nb = k / 32;
+constexpr int KQ_TM = 2;  // x rows per pass (Q4_K, Q6_K): three terms of two rows keep their sums in registers
+
+template <int64_t T, int TERMS>
+inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k, float* out8) {
+  if constexpr (T == Q4_K) (tm == 2 ? q4k_group_tile<2, TERMS> : q4k_group_tile<1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+  else (tm == 2 ? q6k_group_tile<2, TERMS> : q6k_group_tile<1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+}
+
+// y [m, n] for a packed Q4_K or Q6_K weight: x rounded by quantize_act(x, m, k, terms, 256),
+// with its float sums per 32 values (Q4_K's minimums) or 16 (Q6_K's scales).
+template <int64_t T>
+void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
+  const int64_t nsb = k / 256, gb = packed_block_bytes(T);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
-  std::vector<float> xsum(m * nb);  // float sums of x per 32 values: the minimums' share
-  for (int64_t i = 0; i < m * nb; ++i) {
-    float t = 0.f;
-    for (int v = 0; v < 32; ++v) t += x[32 * i + v];
-    xsum[i] = t;
-  }
+  const std::vector<float> sums = span_sums(x, m, k, T == Q4_K ? 32 : 16);
   const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nsb * gb * std::max<int64_t>(1, m * terms / 4)));
   at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float out8[8 * Q4K_TM];
+    alignas(32) float out8[8 * KQ_TM];
     for (int64_t g = g0; g < g1; ++g) {
       const uint8_t* gw = w + g * nsb * gb;
       const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < m; m0 += Q4K_TM) {
-        const int64_t tm = std::min<int64_t>(Q4K_TM, m - m0);
+      for (int64_t m0 = 0; m0 < m; m0 += KQ_TM) {
+        const int64_t tm = std::min<int64_t>(KQ_TM, m - m0);
         switch (terms) {
-          case 1: q4k_tile<1>(tm, gw, nsb, a, xsum.data(), m0, k, out8); break;
-          case 2: q4k_tile<2>(tm, gw, nsb, a, xsum.data(), m0, k, out8); break;
-          default: q4k_tile<3>(tm, gw, nsb, a, xsum.data(), m0, k, out8); break;
+          case 1: kquant_tile<T, 1>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
+          case 2: kquant_tile<T, 2>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
+          default: kquant_tile<T, 3>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
         }
         for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
       }
@@ -617,6 +782,7 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     case IQ4_NL: pack_rows<IQ4_NL>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: pack_rows<Q8_0>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q4_K: pack_rows<Q4_K>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q6_K: pack_rows<Q6_K>(rows, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -646,6 +812,7 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
     case IQ4_NL: unpack_rows<IQ4_NL>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: unpack_rows<Q8_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q4_K: unpack_rows<Q4_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q6_K: unpack_rows<Q6_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -663,6 +830,7 @@ void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
     case IQ4_NL: dequant_packed_rows<IQ4_NL>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q8_0: dequant_packed_rows<Q8_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_K: dequant_packed_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q6_K: dequant_packed_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
 }
@@ -673,8 +841,8 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
   auto y = at::empty(out_shape, x.options());
-  if (type == Q4_K) {  // x in blocks of 256, its own kernel
-    packed_gemm_q4k(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
+  if (type == Q4_K || type == Q6_K) {  // x in blocks of 256, their own kernels
+    (type == Q4_K ? packed_gemm_kquant<Q4_K> : packed_gemm_kquant<Q6_K>)(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
     return y;
   }
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
