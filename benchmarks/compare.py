@@ -304,7 +304,7 @@ def main() -> None:
         print("llama-cpp-python is not installed: llama.cpp columns are empty", file=sys.stderr)
     bw = read_bandwidth()
     print(f"threads {args.threads}; read bandwidth {bw / 1e9:.2f} GB/s (1 GiB streaming sum)")
-    models = {"SmolLM2 Q4_1": smollm2(), **{f"rand-1.1B {q}": random_model(q) for q in ("F16", "Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K")}}
+    models = {"SmolLM2 Q4_1": smollm2(), **{f"rand-1.1B {q}": random_model(q) for q in ("F16", "Q8_0", "Q4_0", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")}}
     if args.models:
         models = {k: v for k, v in models.items() if k in args.models}
     engines = ["llamaherd"] + (["llamacpp"] if have_cpp else [])

@@ -1,7 +1,7 @@
 """Write the benchmark's random-weight model: TinyLlama-1.1B shapes as GGUF F16, Q8_0, Q4_0,
-Q4_K_M, Q3_K_M and Q2_K.
+Q5_K_M, Q4_K_M, Q3_K_M and Q2_K.
 
-    python benchmarks/make_models.py [--out DIR] [--types F16 Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K]
+    python benchmarks/make_models.py [--out DIR] [--types F16 Q8_0 Q4_0 Q5_K_M Q4_K_M Q3_K_M Q2_K]
 
 Weights are N(0, 0.02) (norms 1), quantized by the `gguf` package's quantizer (the k-quant
 mixes, which it cannot write, by llama.cpp's own quantizer from the F16 file:
@@ -102,7 +102,7 @@ def write_model(path: Path, qtype: str, shape: dict = TINYLLAMA) -> Path:
     return path
 
 
-LLAMA_CPP_MIXES = ("Q4_K_M", "Q3_K_M", "Q2_K")  # llama.cpp's names: LLAMA_FTYPE_MOSTLY_<name>
+LLAMA_CPP_MIXES = ("Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")  # llama.cpp's names: LLAMA_FTYPE_MOSTLY_<name>
 
 
 def quantize_with_llama_cpp(source: Path, path: Path, mix: str) -> None:

@@ -103,14 +103,14 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
 def test_native_packs_the_types_it_multiplies():
     if native() is None:
         pytest.skip("no native kernels")
-    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q6_K")
+    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
     for name in packed:
         raw = gguf_bytes(np.ones((8, 256), np.float32), TYPES[name])
         assert GGUFLinear(raw, int(TYPES[name]), 8, 256).packed is not None
     assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in packed}
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit
     (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""
@@ -130,7 +130,7 @@ def test_concat_equals_separate_layers(name):
 
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
 def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
     """A weight packed a chunk of rows at a time (so its file pages can go as it is packed)
     is the same bytes as packed whole, and each chunk's source bytes are handed back once,

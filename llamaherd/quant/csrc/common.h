@@ -5,11 +5,11 @@
 //     converted to float in registers and multiplied with every row of x; dequant() decodes
 //     runs of rows to float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float
 //     summation order.
-//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes (Q4_K, Q6_K where they are
+//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes (Q4_K .. Q6_K where they are
 //     not packed), a 256-value super-block at a time: multiplied in integers with a few rows
 //     of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded to float32 for BLAS
 //     (prefill) exactly as GGML decodes them.
-//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q6_K: the loader repacks the weight
+//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K .. Q6_K: the loader repacks the weight
 //     into an 8-row interleaved layout (pack(), described there) and packed_gemm() multiplies
 //     it in integers with x rounded to int8 blocks, for any number of rows of x. Results equal
 //     "dequantize W, round x to its int8 blocks, then x @ W^T" up to float summation order.

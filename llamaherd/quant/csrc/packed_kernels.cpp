@@ -1,4 +1,4 @@
-// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K and Q6_K in the packed 8-row layout (described below):
+// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K in the packed 8-row layout (described below):
 // pack, unpack, decode to float32, and products in integers with x rounded to int8 blocks.
 #include "common.h"
 #include "kernels.h"
@@ -7,7 +7,7 @@ namespace llamaherd {
 
 namespace {
 
-// ---- Packed 8-row layout for Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K and Q6_K ---
+// ---- Packed 8-row layout for Q4_0 .. Q8_0, IQ4_NL and Q4_K, Q5_K, Q6_K -------------
 //
 // The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
 // 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
@@ -30,6 +30,9 @@ namespace {
 //   Q4_K: d[8] fp16 | dmin[8] fp16 | scale[8 sub-blocks][8 rows] | min[8][8] | 8 x 4 chunks
 //                                                                 (1184 bytes, the file's 1152
 //                                                                 and the scales unpacked)
+//   Q5_K: as Q4_K, each sub-block's 4 chunks followed by 32 bytes of its values' fifth bits:
+//         byte 4r + i, bit c: the value whose low bits are chunk c's low nibble there, bit 4 + c:
+//         its high nibble's                                     (1440 bytes, the file's 1408)
 //   Q6_K: d[8] fp16 | scale[16 (16 values each)][8 rows] int8 | 8 sub-blocks of 192 bytes:
 //         4 chunks of the values' low 4 bits, then 2 registers of their top 2 bits (1680 bytes)
 // Q6_K's values are kept as the file's 6-bit u = q + 32 (unsigned, for the byte multiply-adds;
@@ -53,16 +56,18 @@ inline int64_t packed_block_bytes(int64_t type) {
     case IQ4_NL: return 144;
     case Q8_0: return 272;
     case Q4_K: return 1184;
+    case Q5_K: return 1440;
     case Q6_K: return 1680;
   }
   TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
 }
 
 // Values a packed block holds of each row: a super-block for Q4_K, else 32.
-inline int64_t packed_block_values(int64_t type) { return type == Q4_K || type == Q6_K ? 256 : 32; }
+inline int64_t packed_block_values(int64_t type) { return type == Q4_K || type == Q5_K || type == Q6_K ? 256 : 32; }
 
-// Q4_K's packed super-block: where its parts start
+// Q4_K's and Q5_K's packed super-block: where its parts start, and a packed sub-block's bytes
 constexpr int K4_DMIN = 16, K4_SCALES = 32, K4_MINS = 96, K4_CHUNKS = 160;
+template <int64_t T> constexpr int K45_SUB = T == Q5_K ? 160 : 128;
 // and Q6_K's: sub-block j's chunks at K6_SUBBLOCKS + 192 j, its top bits 128 bytes on
 constexpr int K6_SCALES = 16, K6_SUBBLOCKS = 144;
 
@@ -134,10 +139,11 @@ inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
   }
 }
 
-// Q4_K: a GGML super-block (d, dmin | scales[12] | qs[128]; sub-block j: the low (j even) or
-// high nibbles of qs[32 (j / 2) ..]) into packed super-block `dst`, as row r of the 8.
-template <>
-inline void pack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) {
+// Q4_K, Q5_K: a GGML super-block (d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]; sub-block j:
+// the low (j even) or high nibbles of qs[32 (j / 2) ..], Q5_K's fifth bits bit j of qh[..])
+// into packed super-block `dst`, as row r of the 8.
+template <int64_t T>
+inline void pack_k45(const uint8_t* src, int r, uint8_t* dst) {
   std::memcpy(dst + 2 * r, src, 2);
   std::memcpy(dst + K4_DMIN + 2 * r, src + 2, 2);
   uint64_t scales, mins;
@@ -146,13 +152,27 @@ inline void pack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) {
     dst[K4_SCALES + 8 * j + r] = uint8_t(scales >> (8 * j));
     dst[K4_MINS + 8 * j + r] = uint8_t(mins >> (8 * j));
   }
+  const uint8_t* qs = src + (T == Q5_K ? 48 : 16);
   const __m128i mask = _mm_set1_epi8(0x0F);
   for (int c = 0; c < 4; ++c) {
-    const __m128i a = _mm_loadu_si128((const __m128i*)(src + 16 + 32 * c)), b = _mm_loadu_si128((const __m128i*)(src + 32 + 32 * c));
-    store_chunks(_mm_and_si128(a, mask), _mm_and_si128(b, mask), r, dst + K4_CHUNKS + 128 * (2 * c));
-    store_chunks(_mm_and_si128(_mm_srli_epi16(a, 4), mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask), r, dst + K4_CHUNKS + 128 * (2 * c + 1));
+    const __m128i a = _mm_loadu_si128((const __m128i*)(qs + 32 * c)), b = _mm_loadu_si128((const __m128i*)(qs + 16 + 32 * c));
+    store_chunks(_mm_and_si128(a, mask), _mm_and_si128(b, mask), r, dst + K4_CHUNKS + K45_SUB<T> * (2 * c));
+    store_chunks(_mm_and_si128(_mm_srli_epi16(a, 4), mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask), r, dst + K4_CHUNKS + K45_SUB<T> * (2 * c + 1));
   }
+  if constexpr (T == Q5_K)
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < 4; ++i) {
+        uint8_t byte = 0;
+        for (int c = 0; c < 4; ++c)
+          byte |= uint8_t((((src[16 + 8 * c + i] >> j) & 1) << c) | (((src[16 + 8 * c + 4 + i] >> j) & 1) << (4 + c)));
+        dst[K4_CHUNKS + K45_SUB<T> * j + 128 + 4 * r + i] = byte;
+      }
 }
+
+template <>
+inline void pack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k45<Q4_K>(src, r, dst); }
+template <>
+inline void pack_block<Q5_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k45<Q5_K>(src, r, dst); }
 
 template <int64_t T>
 inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
@@ -170,10 +190,24 @@ inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
   }
 }
 
-// Q4_K: the GGML super-block back, its scales and minimums re-encoded in GGML's 12 bytes
+// Row r's 32 values of packed sub-block j of a Q4_K or Q5_K super-block (fifth bits included).
+template <int64_t T>
+inline void k45_values(const uint8_t* blk, int r, int j, uint8_t v[32]) {
+  const uint8_t* sub = blk + K4_CHUNKS + K45_SUB<T> * j;
+  load_chunks(sub, r, v);
+  if constexpr (T == Q5_K)
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t top = sub[128 + 4 * r + i];
+        v[8 * c + i] |= uint8_t(((top >> c) & 1) << 4);
+        v[8 * c + 4 + i] |= uint8_t(((top >> (4 + c)) & 1) << 4);
+      }
+}
+
+// Q4_K, Q5_K: the GGML super-block back, its scales and minimums re-encoded in GGML's 12 bytes
 // (every bit of them is a bit of a 6-bit value: the bytes come back exactly).
-template <>
-inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) {
+template <int64_t T>
+inline void unpack_k45(const uint8_t* src, int r, uint8_t* dst) {
   std::memcpy(dst, src + 2 * r, 2);
   std::memcpy(dst + 2, src + K4_DMIN + 2 * r, 2);
   uint8_t sc[8], mn[8];
@@ -184,14 +218,22 @@ inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) {
     packed[j + 4] = uint8_t((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
     packed[j + 8] = uint8_t((sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4));
   }
-  uint8_t* qs = dst + 16;
-  std::memset(qs, 0, 128);
+  uint8_t* qs = dst + (T == Q5_K ? 48 : 16);
+  std::memset(dst + 16, 0, T == Q5_K ? 160 : 128);  // (qh and) qs
   for (int j = 0; j < 8; ++j) {
     uint8_t v[32];
-    load_chunks(src + K4_CHUNKS + 128 * j, r, v);
-    for (int l = 0; l < 32; ++l) qs[32 * (j / 2) + l] |= uint8_t(v[l] << (4 * (j % 2)));
+    k45_values<T>(src, r, j, v);
+    for (int l = 0; l < 32; ++l) {
+      qs[32 * (j / 2) + l] |= uint8_t((v[l] & 0x0F) << (4 * (j % 2)));
+      if constexpr (T == Q5_K) dst[16 + l] |= uint8_t((v[l] >> 4) << j);
+    }
   }
 }
+
+template <>
+inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k45<Q4_K>(src, r, dst); }
+template <>
+inline void unpack_block<Q5_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k45<Q5_K>(src, r, dst); }
 
 // Q6_K's 256 six-bit values u (GGML: ql[128] | qh[64] | scales[16] | d): value 128h + 32t + l
 // has its low 4 bits in ql[64h + 32(t % 2) + l] (low nibble for t < 2) and its top 2 in bits
@@ -317,28 +359,47 @@ inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
   }
 }
 
-// Q4_K: sub-block j of row r is d1 * q - m1 with d1 = d * scale, m1 = dmin * min, as GGML's
-// dequantize_row_q4_K computes them (so the floats are identical).
+// Q4_K, Q5_K: sub-block j of row r is d1 * q - m1 with d1 = d * scale, m1 = dmin * min, as
+// GGML's dequantize_row_q4_K (q5_K) computes them (so the floats are identical).
 inline void q4k_sub_scales(const uint8_t* blk, int r, int j, float& d1, float& m1) {
   d1 = half(blk + 2 * r) * float(blk[K4_SCALES + 8 * j + r]);
   m1 = half(blk + K4_DMIN + 2 * r) * float(blk[K4_MINS + 8 * j + r]);
 }
 
-template <>
-inline void dequant_group_block<Q4_K>(const uint8_t* blk, float* out, int64_t k) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
+// Q4_K, Q5_K: chunk c of packed sub-block `sub` as whole values (lo, hi: as Q4_0's), Q5_K's
+// fifth bits moved from their byte (layout above) to bit 4.
+template <int64_t T>
+inline void k45_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
+  const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c)), low4 = _mm256_set1_epi8(0x0F);
+  lo = _mm256_and_si256(raw, low4);
+  hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+  if constexpr (T == Q5_K) {
+    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128)), bit4 = _mm256_set1_epi8(0x10);
+    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(top, 4 - c), bit4));
+    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(top, c), bit4));
+  }
+}
+
+template <int64_t T>
+inline void dequant_k45_group(const uint8_t* blk, float* out, int64_t k) {
   for (int j = 0; j < 8; ++j) {
     float d1[8], m1[8];
     for (int r = 0; r < 8; ++r) q4k_sub_scales(blk, r, j, d1[r], m1[r]);
     for (int c = 0; c < 4; ++c) {
-      const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + K4_CHUNKS + 128 * j + 32 * c));
+      __m256i lo, hi;
+      k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo, hi);
       __m256 rows[8];
-      chunk_rows(_mm256_and_si256(raw, low4), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), rows);
+      chunk_rows(lo, hi, rows);
       for (int r = 0; r < 8; ++r)
         _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(d1[r]), rows[r]), _mm256_set1_ps(m1[r])));
     }
   }
 }
+
+template <>
+inline void dequant_group_block<Q4_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k45_group<Q4_K>(blk, out, k); }
+template <>
+inline void dequant_group_block<Q5_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k45_group<Q5_K>(blk, out, k); }
 
 // Q6_K: chunk c of a packed sub-block `sub` as whole 6-bit values, as Q4's lo and hi: the low
 // 4 bits from the chunk, the top 2 from the top-bit register (layout above).
@@ -401,12 +462,12 @@ void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r
               for (int l = 0; l < 32; ++l)
                 o[32 * j + l] = d * float(int8_t(blk[K6_SCALES + 8 * (2 * j + l / 16) + r])) * float(int(v[l]) - 32);
             }
-          } else if constexpr (T == Q4_K) {
+          } else if constexpr (T == Q4_K || T == Q5_K) {
             for (int j = 0; j < 8; ++j) {
               float d1, m1;
               q4k_sub_scales(blk, r, j, d1, m1);
               uint8_t v[32];
-              load_chunks(blk + K4_CHUNKS + 128 * j, r, v);
+              k45_values<T>(blk, r, j, v);
               for (int l = 0; l < 32; ++l) o[32 * j + l] = d1 * float(v[l]) - m1;
             }
           } else if constexpr (T == Q8_0) {
@@ -613,17 +674,17 @@ std::vector<float> span_sums(const float* x, int64_t m, int64_t k, int span) {
   return sums;
 }
 
-// Q4_K: y[m, 8g .. 8g+7] for TM rows of x against weight group g, x carried by TERMS int8 terms
-// with one scale per 256 values (quantize_act's block 256: one per super-block, as GGML's
-// Q8_K). A sub-block's 32 products of each row sum in int16 (8 pair sums <= 8 * 2 * 15 * 127)
-// and meet its 6-bit scale in one int16 multiply-add, lane r with row r's: as many integer
-// operations as Q4_0's block. The 8 sub-blocks add in int32 (<= 8 * 63 * 2 * 30480 < 2^31),
+// Q4_K, Q5_K: y[m, 8g .. 8g+7] for TM rows of x against weight group g, x carried by TERMS int8
+// terms with one scale per 256 values (quantize_act's block 256: one per super-block, as GGML's
+// Q8_K). A sub-block's 32 products of each row sum in int16 (8 pair sums <= 8 * 2 * 15 * 127;
+// Q5_K's 5-bit values: each half apart, 4 * 2 * 31 * 127) and meet its 6-bit scale in one
+// int16 multiply-add (Q5_K: two), lane r with row r's: as many integer operations as Q4_0's
+// block. The 8 sub-blocks add in int32 (<= 8 * 63 * 2 * 31496 < 2^31),
 // the terms in float (1 + 2^-24 of their sum), and the minimums' share, -dmin * min * sum(x),
 // takes x's float sums per 32 values (xsum [m, k / 32]), as the k-quant kernel does.
-template <int TM, int TERMS>
-inline void q4k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
-  constexpr int64_t gb = 1184;
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
+template <int64_t T, int TM, int TERMS>
+inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
+  const int64_t gb = packed_block_bytes(T);
   __m256 acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
@@ -637,17 +698,15 @@ inline void q4k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
       const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_SCALES + 8 * j)));
       const __m256i sc16 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // row r's scale in both its int16 lanes
       __m256i lo[4], hi[4];
-      for (int c = 0; c < 4; ++c) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + K4_CHUNKS + 128 * j + 32 * c));
-        lo[c] = _mm256_and_si256(raw, low4);
-        hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-      }
+      for (int c = 0; c < 4; ++c) k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo[c], hi[c]);
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) {
           __m256i s[4];
           chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-          const __m256i sum16 = _mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3]));
-          isum[m][t] = _mm256_add_epi32(isum[m][t], _mm256_madd_epi16(sum16, sc16));
+          const __m256i half01 = _mm256_add_epi16(s[0], s[1]), half23 = _mm256_add_epi16(s[2], s[3]);
+          const __m256i prod = T == Q5_K ? _mm256_add_epi32(_mm256_madd_epi16(half01, sc16), _mm256_madd_epi16(half23, sc16))
+                                         : _mm256_madd_epi16(_mm256_add_epi16(half01, half23), sc16);
+          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
         }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
@@ -715,21 +774,21 @@ inline void q6k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
   for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
 }
 
-constexpr int KQ_TM = 2;  // x rows per pass (Q4_K, Q6_K): three terms of two rows keep their sums in registers
+constexpr int KQ_TM = 2;  // x rows per pass (Q4_K .. Q6_K): three terms of two rows keep their sums in registers
 
 template <int64_t T, int TERMS>
 inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k, float* out8) {
-  if constexpr (T == Q4_K) (tm == 2 ? q4k_group_tile<2, TERMS> : q4k_group_tile<1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+  if constexpr (T != Q6_K) (tm == 2 ? k45_group_tile<T, 2, TERMS> : k45_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
   else (tm == 2 ? q6k_group_tile<2, TERMS> : q6k_group_tile<1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
 }
 
-// y [m, n] for a packed Q4_K or Q6_K weight: x rounded by quantize_act(x, m, k, terms, 256),
-// with its float sums per 32 values (Q4_K's minimums) or 16 (Q6_K's scales).
+// y [m, n] for a packed Q4_K, Q5_K or Q6_K weight: x rounded by quantize_act(x, m, k, terms,
+// 256), with its float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (Q6_K's scales).
 template <int64_t T>
 void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nsb = k / 256, gb = packed_block_bytes(T);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
-  const std::vector<float> sums = span_sums(x, m, k, T == Q4_K ? 32 : 16);
+  const std::vector<float> sums = span_sums(x, m, k, T == Q6_K ? 16 : 32);
   const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nsb * gb * std::max<int64_t>(1, m * terms / 4)));
   at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
     alignas(32) float out8[8 * KQ_TM];
@@ -782,6 +841,7 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     case IQ4_NL: pack_rows<IQ4_NL>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: pack_rows<Q8_0>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q4_K: pack_rows<Q4_K>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q5_K: pack_rows<Q5_K>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q6_K: pack_rows<Q6_K>(rows, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -812,6 +872,7 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
     case IQ4_NL: unpack_rows<IQ4_NL>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: unpack_rows<Q8_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q4_K: unpack_rows<Q4_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q5_K: unpack_rows<Q5_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q6_K: unpack_rows<Q6_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -830,6 +891,7 @@ void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
     case IQ4_NL: dequant_packed_rows<IQ4_NL>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q8_0: dequant_packed_rows<Q8_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_K: dequant_packed_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q5_K: dequant_packed_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q6_K: dequant_packed_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
@@ -841,8 +903,9 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
   auto y = at::empty(out_shape, x.options());
-  if (type == Q4_K || type == Q6_K) {  // x in blocks of 256, their own kernels
-    (type == Q4_K ? packed_gemm_kquant<Q4_K> : packed_gemm_kquant<Q6_K>)(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
+  if (type == Q4_K || type == Q5_K || type == Q6_K) {  // x in blocks of 256, their own kernels
+    (type == Q4_K ? packed_gemm_kquant<Q4_K> : type == Q5_K ? packed_gemm_kquant<Q5_K> : packed_gemm_kquant<Q6_K>)(
+        x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
     return y;
   }
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
