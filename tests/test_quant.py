@@ -103,14 +103,14 @@ def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
 def test_native_packs_the_types_it_multiplies():
     if native() is None:
         pytest.skip("no native kernels")
-    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+    packed = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
     for name in packed:
         raw = gguf_bytes(np.ones((8, 256), np.float32), TYPES[name])
         assert GGUFLinear(raw, int(TYPES[name]), 8, 256).packed is not None
     assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in packed}
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit
     (x is rounded per row either way, and each weight row's arithmetic is unchanged)."""
@@ -130,7 +130,7 @@ def test_concat_equals_separate_layers(name):
 
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
     """A weight packed a chunk of rows at a time (so its file pages can go as it is packed)
     is the same bytes as packed whole, and each chunk's source bytes are handed back once,
@@ -192,12 +192,12 @@ def test_packing_lets_go_of_the_file_pages_as_it_goes(tmp_path):
 def kquant_minimums(raw: torch.Tensor, qtype, n: int, k: int) -> torch.Tensor:
     """The share of a k-quant weight (float64 [n, k]) that the kernels take on x's float sums:
     gguf's decode of the same blocks with every quant set to 0, -dmin * m per value for the
-    minimums of Q2_K, Q4_K and Q5_K, and -32 * d * scale for packed Q6_K (its values kept
-    unsigned, q + 32); 0 for Q3_K and IQ4_XS, which have neither."""
-    if qtype in (Q.Q3_K, Q.IQ4_XS):
+    minimums of Q2_K, Q4_K and Q5_K, and -32 (Q6_K) or -4 (Q3_K) * d * scale for the packed
+    types whose values are kept unsigned; 0 for IQ4_XS, which has neither."""
+    if qtype == Q.IQ4_XS:
         return torch.zeros(n, k, dtype=torch.float64)
-    block, quant_bytes = {Q.Q2_K: (84, slice(16, 80)), Q.Q4_K: (144, slice(16, None)), Q.Q5_K: (176, slice(16, None)),
-                          Q.Q6_K: (210, slice(0, 192))}[qtype]
+    block, quant_bytes = {Q.Q2_K: (84, slice(16, 80)), Q.Q3_K: (110, slice(0, 96)), Q.Q4_K: (144, slice(16, None)),
+                          Q.Q5_K: (176, slice(16, None)), Q.Q6_K: (210, slice(0, 192))}[qtype]
     zeroed = raw.numpy().reshape(-1, block).copy()
     zeroed[:, quant_bytes] = 0  # Q5_K: the fifth bits too
     return -torch.from_numpy(quants.dequantize(zeroed.reshape(n, -1), qtype)).double()

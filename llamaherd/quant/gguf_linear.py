@@ -2,10 +2,10 @@
 
 Nothing is decoded to float32 at load time. Products are computed
 
-  * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K (native kernels): on a copy of the weight repacked once at
+  * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K (native kernels): on a copy of the weight repacked once at
     load into an 8-row interleaved layout of about the same size (csrc/packed_kernels.cpp), in integers
-    (int8 products, exact), for any number of rows of x. Each block of x, 32 values (Q4_K to
-    Q6_K: 256, as GGML's Q8_K), is carried by int8 values with one scale per block, in terms, each
+    (int8 products, exact), for any number of rows of x. Each block of x, 32 values (k-quants:
+    256, as GGML's Q8_K), is carried by int8 values with one scale per block, in terms, each
     rounding what the ones before missed at 1/128 of the previous term's scale (so a row's
     terms add up in integers before one conversion to float):
       - by default three terms: x kept to ~2^-22 of its block's largest value, float32's
@@ -23,7 +23,7 @@ Nothing is decoded to float32 at load time. Products are computed
   * F32, F16, BF16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by BLAS, on F32's own bytes or on a run of 16-bit rows decoded
     into a scratch buffer.
-  * Q2_K, Q3_K, IQ4_XS (native kernels): on the memory-mapped bytes, a 256-value super-block
+  * IQ4_XS (native kernels): on the memory-mapped bytes, a 256-value super-block
     at a time, in integers with a few rows of x carried by int8 terms as above but with one
     scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
     many rows, runs of rows decoded to float32 for BLAS.
@@ -45,7 +45,8 @@ from .ggml_dequant import dequantize
 from .ggml_types import BLOCK_GEOMETRY, GGMLType
 from .kernels import native
 
-PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # repacked, integer kernels
+PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0,
+                          GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # repacked, integer kernels
 FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multiplied as floats, a row at a time
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time

@@ -5,11 +5,11 @@
 //     converted to float in registers and multiplied with every row of x; dequant() decodes
 //     runs of rows to float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float
 //     summation order.
-//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes (Q4_K .. Q6_K where they are
+//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes (the k-quants where they are
 //     not packed), a 256-value super-block at a time: multiplied in integers with a few rows
 //     of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded to float32 for BLAS
 //     (prefill) exactly as GGML decodes them.
-//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K .. Q6_K: the loader repacks the weight
+//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K: the loader repacks the weight
 //     into an 8-row interleaved layout (pack(), described there) and packed_gemm() multiplies
 //     it in integers with x rounded to int8 blocks, for any number of rows of x. Results equal
 //     "dequantize W, round x to its int8 blocks, then x @ W^T" up to float summation order.
@@ -101,6 +101,18 @@ inline void scales_mins_k4(const uint8_t* packed, uint64_t& scales, uint64_t& mi
   const uint32_t m47 = ((u[2] >> 4) & 0x0F0F0F0F) | (((u[1] >> 6) & 0x03030303) << 4);
   scales = uint64_t(s03) | uint64_t(s47) << 32;
   mins = uint64_t(m03) | uint64_t(m47) << 32;
+}
+
+// Q3_K's 12 scale bytes -> its 16 scales as int8 (six bits, biased by 32): value g takes its
+// low 4 bits from byte g (g < 8: low nibble) or g - 8 (high nibble), its top 2 from bits
+// 2 * (g / 4) of byte 8 + g % 4 (GGML's layout, decoded here 16 at a time).
+inline __m128i scales_k3(const uint8_t* packed) {
+  const __m128i lo8 = _mm_loadl_epi64((const __m128i*)packed), low4 = _mm_set1_epi8(0x0F);
+  const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(lo8, low4), _mm_and_si128(_mm_srli_epi16(lo8, 4), low4));
+  int32_t top;
+  std::memcpy(&top, packed + 8, 4);
+  const __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(top), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(0x03));
+  return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
 }
 
 // --- int8-rounded activations -----------------------------------------------------------

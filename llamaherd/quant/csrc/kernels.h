@@ -10,7 +10,7 @@ namespace llamaherd {
 at::Tensor gemm_float_rows(at::Tensor x, at::Tensor w, int64_t type, int64_t n);
 void dequant_16bit(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out);
 
-// packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K, Q6_K in the packed 8-row layout
+// packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K in the packed 8-row layout
 at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::optional<at::Tensor> out);
 int64_t packed_bytes(int64_t type, int64_t n, int64_t k);
 at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k);

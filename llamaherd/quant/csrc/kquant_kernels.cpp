@@ -30,18 +30,6 @@ struct SuperBlock {
   }
 };
 
-// Q3_K's 12 scale bytes -> its 16 scales as int8 (six bits, biased by 32): value g takes its
-// low 4 bits from byte g (g < 8: low nibble) or g - 8 (high nibble), its top 2 from bits
-// 2 * (g / 4) of byte 8 + g % 4 (GGML's layout, decoded here 16 at a time).
-inline __m128i scales_k3(const uint8_t* packed) {
-  const __m128i lo8 = _mm_loadl_epi64((const __m128i*)packed), low4 = _mm_set1_epi8(0x0F);
-  const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(lo8, low4), _mm_and_si128(_mm_srli_epi16(lo8, 4), low4));
-  int32_t top;
-  std::memcpy(&top, packed + 8, 4);
-  const __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(top), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(0x03));
-  return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
-}
-
 // IQ4_XS's scales_h (u16) and scales_l[4] -> 16 int8 scales, one per 16 values (each
 // sub-block's twice): (nibble j of scales_l | bits 2j..2j+1 of scales_h << 4) - 32.
 inline __m128i scales_iq4xs(const uint8_t* packed) {

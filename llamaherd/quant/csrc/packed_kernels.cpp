@@ -1,4 +1,5 @@
-// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q4_K, Q5_K and Q6_K in the packed 8-row layout (described below):
+// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0 and the k-quants Q2_K .. Q6_K in the packed 8-row layout
+// (described below):
 // pack, unpack, decode to float32, and products in integers with x rounded to int8 blocks.
 #include "common.h"
 #include "kernels.h"
@@ -7,7 +8,7 @@ namespace llamaherd {
 
 namespace {
 
-// ---- Packed 8-row layout for Q4_0 .. Q8_0, IQ4_NL and Q4_K, Q5_K, Q6_K -------------
+// ---- Packed 8-row layout for Q4_0 .. Q8_0, IQ4_NL and Q2_K .. Q6_K ------------------
 //
 // The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
 // 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
@@ -33,12 +34,20 @@ namespace {
 //   Q5_K: as Q4_K, each sub-block's 4 chunks followed by 32 bytes of its values' fifth bits:
 //         byte 4r + i, bit c: the value whose low bits are chunk c's low nibble there, bit 4 + c:
 //         its high nibble's                                     (1440 bytes, the file's 1408)
+// Q2_K, Q3_K and Q6_K have 16 scales a super-block, one per 16 values (k16 below):
 //   Q6_K: d[8] fp16 | scale[16 (16 values each)][8 rows] int8 | 8 sub-blocks of 192 bytes:
 //         4 chunks of the values' low 4 bits, then 2 registers of their top 2 bits (1680 bytes)
-// Q6_K's values are kept as the file's 6-bit u = q + 32 (unsigned, for the byte multiply-adds;
-// the kernel takes the 32 back on x's float sums). Top-bit register p serves chunks 2p (bits
-// 0-3 of each byte) and 2p + 1 (bits 4-7): byte 4r + i holds the top bits of the values whose
-// low bits share byte 4r + i of the chunk, the low nibble's value first.
+//   Q3_K: d[8] fp16 | scale[16][8] int8 (less 32, as GGML uses it) | 8 sub-blocks of 96 bytes:
+//         2 registers of the values' low 2 bits, 1 of their top bit  (912 bytes, the file's 880)
+//   Q2_K: d[8] fp16 | dmin[8] fp16 | scale | min << 4 [16][8] (the file's bytes) | 8 sub-blocks
+//         of 64 bytes: 2 registers of the 2-bit values                 (672 bytes, as the file)
+// Values are kept unsigned, as the file's bits: u = q + 32 (Q6_K), q + 4 (Q3_K), q (Q2_K), for
+// the byte multiply-adds; the kernel takes the offset back on x's float sums. Where a value's
+// bits are split, the registers follow the chunks' order: Q6_K's top-bit register p serves
+// chunks 2p (bits 0-3 of each byte) and 2p + 1 (bits 4-7), byte 4r + i holding the top bits of
+// the values whose low bits share byte 4r + i of the chunk, the low nibble's value first. The
+// 2-bit registers: the first holds, at bits 2c of byte 4r + i, the value chunk c's low nibble
+// would hold, the second its high nibble's; Q3_K's top bits sit as Q5_K's fifth bits.
 // Q4 chunk c: bytes 4r..4r+3 are row r's values 8c+i (low nibble) and 8c+4+i (high nibble).
 // Q5: the same chunks hold the low 4 bits; row r's qh (bit v: the fifth bit of value v) is
 // GGML's, as it is.
@@ -58,18 +67,24 @@ inline int64_t packed_block_bytes(int64_t type) {
     case Q4_K: return 1184;
     case Q5_K: return 1440;
     case Q6_K: return 1680;
+    case Q3_K: return 912;
+    case Q2_K: return 672;
   }
   TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
 }
 
-// Values a packed block holds of each row: a super-block for Q4_K, else 32.
-inline int64_t packed_block_values(int64_t type) { return type == Q4_K || type == Q5_K || type == Q6_K ? 256 : 32; }
+// Values a packed block holds of each row: a super-block for the k-quants, else 32.
+inline int64_t packed_block_values(int64_t type) { return type >= Q2_K && type <= Q6_K ? 256 : 32; }
 
 // Q4_K's and Q5_K's packed super-block: where its parts start, and a packed sub-block's bytes
 constexpr int K4_DMIN = 16, K4_SCALES = 32, K4_MINS = 96, K4_CHUNKS = 160;
 template <int64_t T> constexpr int K45_SUB = T == Q5_K ? 160 : 128;
-// and Q6_K's: sub-block j's chunks at K6_SUBBLOCKS + 192 j, its top bits 128 bytes on
-constexpr int K6_SCALES = 16, K6_SUBBLOCKS = 144;
+// and Q2_K's, Q3_K's, Q6_K's (k16): scales, sub-block j at K16_SUBBLOCKS + K16_SUB * j, and the
+// offset taken from the unsigned values
+template <int64_t T> constexpr int K16_SCALES = T == Q2_K ? 32 : 16;
+template <int64_t T> constexpr int K16_SUBBLOCKS = K16_SCALES<T> + 128;
+template <int64_t T> constexpr int K16_SUB = T == Q6_K ? 192 : (T == Q3_K ? 96 : 64);
+template <int64_t T> constexpr int K16_OFFSET = T == Q6_K ? 32 : (T == Q3_K ? 4 : 0);
 
 inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
@@ -235,62 +250,142 @@ inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) { unpack
 template <>
 inline void unpack_block<Q5_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k45<Q5_K>(src, r, dst); }
 
-// Q6_K's 256 six-bit values u (GGML: ql[128] | qh[64] | scales[16] | d): value 128h + 32t + l
-// has its low 4 bits in ql[64h + 32(t % 2) + l] (low nibble for t < 2) and its top 2 in bits
-// 2t of qh[32h + l].
-inline void q6k_values(const uint8_t* src, uint8_t u[256]) {
+// A k16 GGML super-block's 256 unsigned values u (layout above) and 16 scale bytes (packed:
+// Q6_K's int8, Q3_K's six bits less 32, Q2_K's scale | min << 4).
+//   Q6_K: ql[128] | qh[64] | scales[16] | d: value 128h + 32t + l has its low 4 bits in
+//         ql[64h + 32(t % 2) + l] (low nibble for t < 2) and its top 2 in bits 2t of qh[32h + l].
+//   Q3_K: hmask[32] | qs[64] | scales[12] | d; Q2_K: scales[16] | qs[64] | d | dmin: value
+//         128h + 32t + l is bits 2t of qs[32h + l], Q3_K's third bit bit 4h + t of hmask[l].
+template <int64_t T>
+inline void k16_values(const uint8_t* src, uint8_t u[256], uint8_t sc[16]) {
   for (int h = 0; h < 2; ++h)
     for (int t = 0; t < 4; ++t)
       for (int l = 0; l < 32; ++l) {
-        const uint8_t low = src[64 * h + 32 * (t % 2) + l], top = src[128 + 32 * h + l];
-        u[128 * h + 32 * t + l] = uint8_t(((t < 2 ? low : low >> 4) & 0x0F) | (((top >> (2 * t)) & 3) << 4));
+        uint8_t& v = u[128 * h + 32 * t + l];
+        if constexpr (T == Q6_K) {
+          const uint8_t low = src[64 * h + 32 * (t % 2) + l], top = src[128 + 32 * h + l];
+          v = uint8_t(((t < 2 ? low : low >> 4) & 0x0F) | (((top >> (2 * t)) & 3) << 4));
+        } else {
+          v = (src[(T == Q3_K ? 32 : 16) + 32 * h + l] >> (2 * t)) & 3;
+          if constexpr (T == Q3_K) v |= uint8_t(((src[l] >> (4 * h + t)) & 1) << 2);
+        }
       }
+  if constexpr (T == Q3_K) _mm_storeu_si128((__m128i*)sc, scales_k3(src + 96));
+  else std::memcpy(sc, src + (T == Q6_K ? 192 : 0), 16);
 }
 
-template <>
-inline void pack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) {
-  std::memcpy(dst + 2 * r, src + 208, 2);
-  for (int g = 0; g < 16; ++g) dst[K6_SCALES + 8 * g + r] = src[192 + g];
-  alignas(16) uint8_t u[256];
-  q6k_values(src, u);
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  for (int j = 0; j < 8; ++j) {
-    const uint8_t* v = u + 32 * j;
-    uint8_t* out = dst + K6_SUBBLOCKS + 192 * j;
-    store_chunks(_mm_and_si128(_mm_load_si128((const __m128i*)v), mask), _mm_and_si128(_mm_load_si128((const __m128i*)(v + 16)), mask), r, out);
-    for (int c = 0; c < 4; ++c)
-      for (int i = 0; i < 4; ++i) {
-        const int pair = (v[8 * c + i] >> 4) | ((v[8 * c + 4 + i] >> 4) << 2);
-        uint8_t& byte = out[128 + 32 * (c / 2) + 4 * r + i];
-        byte = uint8_t(c % 2 ? (byte & 0x0F) | (pair << 4) : (byte & 0xF0) | pair);
-      }
-  }
-}
-
-template <>
-inline void unpack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) {
-  std::memcpy(dst + 208, src + 2 * r, 2);
-  for (int g = 0; g < 16; ++g) dst[192 + g] = src[K6_SCALES + 8 * g + r];
-  uint8_t u[256];
-  for (int j = 0; j < 8; ++j) {
-    const uint8_t* in = src + K6_SUBBLOCKS + 192 * j;
-    load_chunks(in, r, u + 32 * j);
-    for (int c = 0; c < 4; ++c)
-      for (int i = 0; i < 4; ++i) {
-        const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
-        u[32 * j + 8 * c + i] |= uint8_t((pair & 3) << 4);
-        u[32 * j + 8 * c + 4 + i] |= uint8_t((pair >> 2) << 4);
-      }
-  }
-  std::memset(dst, 0, 192);
+// ... and back: the GGML super-block of u and sc (Q3_K's scales re-encoded in its 12 bytes,
+// every bit of which is a bit of a scale: the bytes come back exactly).
+template <int64_t T>
+inline void k16_block(const uint8_t u[256], const uint8_t sc[16], uint8_t* dst) {
+  std::memset(dst, 0, T == Q6_K ? 192 : (T == Q3_K ? 108 : 80));  // all but d (dmin)
   for (int h = 0; h < 2; ++h)
     for (int t = 0; t < 4; ++t)
       for (int l = 0; l < 32; ++l) {
         const uint8_t v = u[128 * h + 32 * t + l];
-        dst[64 * h + 32 * (t % 2) + l] |= uint8_t((v & 0x0F) << (t < 2 ? 0 : 4));
-        dst[128 + 32 * h + l] |= uint8_t((v >> 4) << (2 * t));
+        if constexpr (T == Q6_K) {
+          dst[64 * h + 32 * (t % 2) + l] |= uint8_t((v & 0x0F) << (t < 2 ? 0 : 4));
+          dst[128 + 32 * h + l] |= uint8_t((v >> 4) << (2 * t));
+        } else {
+          dst[(T == Q3_K ? 32 : 16) + 32 * h + l] |= uint8_t((v & 3) << (2 * t));
+          if constexpr (T == Q3_K) dst[l] |= uint8_t((v >> 2) << (4 * h + t));
+        }
       }
+  if constexpr (T == Q3_K)
+    for (int g = 0; g < 16; ++g) {
+      const int b = uint8_t(sc[g] + 32);  // six bits: low 4 in byte g % 8 (g >= 8: high nibble), top 2 in byte 8 + g % 4
+      dst[96 + g % 8] |= uint8_t((b & 0x0F) << (g < 8 ? 0 : 4));
+      dst[104 + g % 4] |= uint8_t((b >> 4) << (2 * (g / 4)));
+    }
+  else
+    std::memcpy(dst + (T == Q6_K ? 192 : 0), sc, 16);
 }
+
+// Where a k16 type keeps its fp16 scales in a GGML block: d (and Q2_K's dmin after it)
+template <int64_t T> constexpr int K16_SRC_D = T == Q6_K ? 208 : (T == Q3_K ? 108 : 80);
+
+template <int64_t T>
+inline void pack_k16(const uint8_t* src, int r, uint8_t* dst) {
+  std::memcpy(dst + 2 * r, src + K16_SRC_D<T>, 2);
+  if constexpr (T == Q2_K) std::memcpy(dst + 16 + 2 * r, src + 82, 2);
+  alignas(16) uint8_t u[256];
+  uint8_t sc[16];
+  k16_values<T>(src, u, sc);
+  for (int g = 0; g < 16; ++g) dst[K16_SCALES<T> + 8 * g + r] = sc[g];
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t* v = u + 32 * j;
+    uint8_t* out = dst + K16_SUBBLOCKS<T> + K16_SUB<T> * j;
+    if constexpr (T == Q6_K) {
+      const __m128i mask = _mm_set1_epi8(0x0F);
+      store_chunks(_mm_and_si128(_mm_load_si128((const __m128i*)v), mask), _mm_and_si128(_mm_load_si128((const __m128i*)(v + 16)), mask), r, out);
+    }
+    for (int i = 0; i < 4; ++i) {
+      uint8_t top[2] = {0, 0}, low2[2] = {0, 0}, third = 0;
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t a = v[8 * c + i], b = v[8 * c + 4 + i];  // chunk c's low and high nibble's values
+        top[c / 2] |= uint8_t((((a >> 4) | ((b >> 4) << 2)) & 0x0F) << (4 * (c % 2)));
+        low2[0] |= uint8_t((a & 3) << (2 * c));
+        low2[1] |= uint8_t((b & 3) << (2 * c));
+        third |= uint8_t((((a >> 2) & 1) << c) | (((b >> 2) & 1) << (4 + c)));
+      }
+      if constexpr (T == Q6_K) {
+        out[128 + 4 * r + i] = top[0];
+        out[160 + 4 * r + i] = top[1];
+      } else {
+        out[4 * r + i] = low2[0];
+        out[32 + 4 * r + i] = low2[1];
+        if constexpr (T == Q3_K) out[64 + 4 * r + i] = third;
+      }
+    }
+  }
+}
+
+// Row r's 32 values (u) of packed sub-block j of a k16 super-block.
+template <int64_t T>
+inline void k16_sub_values(const uint8_t* blk, int r, int j, uint8_t v[32]) {
+  const uint8_t* in = blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j;
+  if constexpr (T == Q6_K) load_chunks(in, r, v);
+  for (int c = 0; c < 4; ++c)
+    for (int i = 0; i < 4; ++i) {
+      uint8_t& a = v[8 * c + i];
+      uint8_t& b = v[8 * c + 4 + i];
+      if constexpr (T == Q6_K) {
+        const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
+        a |= uint8_t((pair & 3) << 4);
+        b |= uint8_t((pair >> 2) << 4);
+      } else {
+        a = (in[4 * r + i] >> (2 * c)) & 3;
+        b = (in[32 + 4 * r + i] >> (2 * c)) & 3;
+        if constexpr (T == Q3_K) {
+          a |= uint8_t(((in[64 + 4 * r + i] >> c) & 1) << 2);
+          b |= uint8_t(((in[64 + 4 * r + i] >> (4 + c)) & 1) << 2);
+        }
+      }
+    }
+}
+
+template <int64_t T>
+inline void unpack_k16(const uint8_t* src, int r, uint8_t* dst) {
+  uint8_t u[256], sc[16];
+  for (int j = 0; j < 8; ++j) k16_sub_values<T>(src, r, j, u + 32 * j);
+  for (int g = 0; g < 16; ++g) sc[g] = src[K16_SCALES<T> + 8 * g + r];
+  k16_block<T>(u, sc, dst);
+  std::memcpy(dst + K16_SRC_D<T>, src + 2 * r, 2);
+  if constexpr (T == Q2_K) std::memcpy(dst + 82, src + 16 + 2 * r, 2);
+}
+
+template <>
+inline void pack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q6_K>(src, r, dst); }
+template <>
+inline void pack_block<Q3_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q3_K>(src, r, dst); }
+template <>
+inline void pack_block<Q2_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q2_K>(src, r, dst); }
+template <>
+inline void unpack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q6_K>(src, r, dst); }
+template <>
+inline void unpack_block<Q3_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q3_K>(src, r, dst); }
+template <>
+inline void unpack_block<Q2_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q2_K>(src, r, dst); }
 
 template <int64_t T>
 void pack_rows(const std::vector<const uint8_t*>& rows, int64_t k, uint8_t* out) {
@@ -401,34 +496,64 @@ inline void dequant_group_block<Q4_K>(const uint8_t* blk, float* out, int64_t k)
 template <>
 inline void dequant_group_block<Q5_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k45_group<Q5_K>(blk, out, k); }
 
-// Q6_K: chunk c of a packed sub-block `sub` as whole 6-bit values, as Q4's lo and hi: the low
-// 4 bits from the chunk, the top 2 from the top-bit register (layout above).
-inline void q6k_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
-  const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c));
-  const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128 + 32 * (c / 2)));
-  const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
-  const __m256i top_lo = c % 2 ? top : _mm256_slli_epi16(top, 4);
-  const __m256i top_hi = c % 2 ? _mm256_srli_epi16(top, 2) : _mm256_slli_epi16(top, 2);
-  lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(top_lo, bits45));
-  hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_and_si256(top_hi, bits45));
+// k16: chunk c of packed sub-block `sub` as whole unsigned values, as Q4's lo and hi (layout above).
+template <int64_t T>
+inline void k16_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
+  if constexpr (T == Q6_K) {  // low 4 bits from the chunk, top 2 from the top-bit register
+    const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c));
+    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128 + 32 * (c / 2)));
+    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    const __m256i top_lo = c % 2 ? top : _mm256_slli_epi16(top, 4);
+    const __m256i top_hi = c % 2 ? _mm256_srli_epi16(top, 2) : _mm256_slli_epi16(top, 2);
+    lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(top_lo, bits45));
+    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_and_si256(top_hi, bits45));
+  } else {  // 2 bits at 2c of the low and high registers; Q3_K's third at bits c and 4 + c
+    const __m256i two = _mm256_set1_epi8(3);
+    lo = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)sub), 2 * c), two);
+    hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(sub + 32)), 2 * c), two);
+    if constexpr (T == Q3_K) {
+      const __m256i third = _mm256_loadu_si256((const __m256i*)(sub + 64)), bit2 = _mm256_set1_epi8(4);
+      const __m256i third_lo = c < 2 ? _mm256_slli_epi16(third, 2 - c) : _mm256_srli_epi16(third, c - 2);
+      lo = _mm256_or_si256(lo, _mm256_and_si256(third_lo, bit2));
+      hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(third, 2 + c), bit2));
+    }
+  }
 }
 
-// Q6_K: 16 values of row r take scale g: d1 = d * scale, y = d1 * (u - 32), as GGML.
-template <>
-inline void dequant_group_block<Q6_K>(const uint8_t* blk, float* out, int64_t k) {
+// k16: row r's values under scale byte `sc` are d1 * (u - offset) - m1, with d1 = d * scale and
+// (Q2_K) m1 = dmin * min, as GGML's dequantize_row_q*_K computes them (identical floats).
+template <int64_t T>
+inline void k16_sub_scales(const uint8_t* blk, int r, int g, float& d1, float& m1) {
+  const uint8_t sc = blk[K16_SCALES<T> + 8 * g + r];
+  d1 = half(blk + 2 * r) * float(T == Q2_K ? sc & 0x0F : int8_t(sc));
+  m1 = T == Q2_K ? half(blk + 16 + 2 * r) * float(sc >> 4) : 0.f;
+}
+
+template <int64_t T>
+inline void dequant_k16_group(const uint8_t* blk, float* out, int64_t k) {
+  const __m256 offset = _mm256_set1_ps(float(K16_OFFSET<T>));
   for (int j = 0; j < 8; ++j)
     for (int c = 0; c < 4; ++c) {
-      const int g = 2 * j + c / 2;
       __m256i lo, hi;
-      q6k_chunk(blk + K6_SUBBLOCKS + 192 * j, c, lo, hi);
+      k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo, hi);
       __m256 rows[8];
       chunk_rows(lo, hi, rows);
       for (int r = 0; r < 8; ++r) {
-        const float d1 = half(blk + 2 * r) * float(int8_t(blk[K6_SCALES + 8 * g + r]));
-        _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_sub_ps(rows[r], _mm256_set1_ps(32.f))));
+        float d1, m1;
+        k16_sub_scales<T>(blk, r, 2 * j + c / 2, d1, m1);
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_sub_ps(rows[r], offset));
+        if constexpr (T == Q2_K) v = _mm256_sub_ps(v, _mm256_set1_ps(m1));
+        _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, v);
       }
     }
 }
+
+template <>
+inline void dequant_group_block<Q6_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q6_K>(blk, out, k); }
+template <>
+inline void dequant_group_block<Q3_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q3_K>(blk, out, k); }
+template <>
+inline void dequant_group_block<Q2_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q2_K>(blk, out, k); }
 
 // Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill):
 // whole groups of 8 rows with vectors, rows of groups cut by r0 or r1 one at a time.
@@ -448,19 +573,16 @@ void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r
         for (int64_t b = 0; b < nb; ++b, o += vals) {
           const uint8_t* blk = gw + b * gb;
           const float d = half(blk + 2 * r);
-          if constexpr (T == Q6_K) {
+          if constexpr (T == Q6_K || T == Q3_K || T == Q2_K) {
             for (int j = 0; j < 8; ++j) {
-              const uint8_t* in = blk + K6_SUBBLOCKS + 192 * j;
               uint8_t v[32];
-              load_chunks(in, r, v);
-              for (int c = 0; c < 4; ++c)
-                for (int i = 0; i < 4; ++i) {
-                  const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
-                  v[8 * c + i] |= uint8_t((pair & 3) << 4);
-                  v[8 * c + 4 + i] |= uint8_t((pair >> 2) << 4);
-                }
-              for (int l = 0; l < 32; ++l)
-                o[32 * j + l] = d * float(int8_t(blk[K6_SCALES + 8 * (2 * j + l / 16) + r])) * float(int(v[l]) - 32);
+              k16_sub_values<T>(blk, r, j, v);
+              for (int l = 0; l < 32; ++l) {
+                float d1, m1;
+                k16_sub_scales<T>(blk, r, 2 * j + l / 16, d1, m1);
+                const float y = d1 * float(int(v[l]) - K16_OFFSET<T>);
+                o[32 * j + l] = T == Q2_K ? y - m1 : y;
+              }
             }
           } else if constexpr (T == Q4_K || T == Q5_K) {
             for (int j = 0; j < 8; ++j) {
@@ -726,18 +848,25 @@ inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
   for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
 }
 
-// Q6_K: as Q4_K, with two scales (int8) a sub-block, one per 16 values (chunks 0-1 and 2-3):
-// a chunk's pair sums of 6-bit values (<= 2 * 2 * 63 * 127) fill int16, so each chunk meets its
-// scale in its own multiply-add (8 sub-blocks: <= 8 * 4 * 128 * 2 * 32004 < 2^31). The values
-// are u = q + 32: the 32 comes back as -32 * d * sum(scale * x) on x's float sums per 16
-// values (xsum16 [m, k / 16]).
-template <int TM, int TERMS>
-inline void q6k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
-  constexpr int64_t gb = 1680;
+// k16 (Q2_K, Q3_K, Q6_K): as Q4_K, with two scales a sub-block, one per 16 values (chunks 0-1
+// and 2-3). Q6_K's pair sums of 6-bit values (<= 2 * 2 * 63 * 127 a chunk) fill int16, so each
+// chunk meets its scale in its own multiply-add (8 sub-blocks: <= 8 * 4 * 128 * 2 * 32004 <
+// 2^31); Q3_K's and Q2_K's two chunks at a time. The values are u = q + offset: the offset
+// comes back as -offset * d * sum(scale * x), Q2_K's minimums as -dmin * sum(min * x), on x's
+// float sums per 16 values (xsum16 [m, k / 16]).
+template <int64_t T, int TM, int TERMS>
+inline void k16_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
+  const int64_t gb = packed_block_bytes(T);
   __m256 acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus32 = _mm256_set1_ps(-32.f);
+  const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus_offset = _mm256_set1_ps(-float(K16_OFFSET<T>));
+  // row r's scale (of 16 values g) in lane r, as int32
+  auto scales = [](const uint8_t* blk, int g) {
+    const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
+    if constexpr (T == Q2_K) return _mm256_and_si256(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(0x0F));
+    else return _mm256_cvtepi8_epi32(bytes);
+  };
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
     for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
@@ -746,49 +875,60 @@ inline void q6k_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
       for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
       __m256i lo[4], hi[4], sc16[2];
-      for (int c = 0; c < 4; ++c) q6k_chunk(blk + K6_SUBBLOCKS + 192 * j, c, lo[c], hi[c]);
+      for (int c = 0; c < 4; ++c) k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo[c], hi[c]);
       for (int h = 0; h < 2; ++h) {  // row r's scale in both its int16 lanes
-        const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K6_SCALES + 8 * (2 * j + h))));
+        const __m256i sc = scales(blk, 2 * j + h);
         sc16[h] = _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA);
       }
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) {
-        __m256i s[4];
-        chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-        isum[m][t] = _mm256_add_epi32(isum[m][t], _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s[0], sc16[0]), _mm256_madd_epi16(s[1], sc16[0])),
-                                                             _mm256_add_epi32(_mm256_madd_epi16(s[2], sc16[1]), _mm256_madd_epi16(s[3], sc16[1]))));
-      }
+          __m256i s[4];
+          chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
+          __m256i prod;
+          if constexpr (T == Q6_K)
+            prod = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s[0], sc16[0]), _mm256_madd_epi16(s[1], sc16[0])),
+                                    _mm256_add_epi32(_mm256_madd_epi16(s[2], sc16[1]), _mm256_madd_epi16(s[3], sc16[1])));
+          else
+            prod = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), sc16[0]), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), sc16[1]));
+          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
+        }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
     for (int m = 0; m < TM; ++m) {
       __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
       for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
       const float* xs = xsum16 + (m0 + m) * (k / 16) + 16 * sb;
-      __m256 offset = _mm256_setzero_ps();  // sum over the 16 scales of scale * sum(x)
-      for (int g = 0; g < 16; ++g)
-        offset = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K6_SCALES + 8 * g)))), _mm256_set1_ps(xs[g]), offset);
       const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      acc[m] = _mm256_fmadd_ps(dw, _mm256_fmadd_ps(_mm256_set1_ps(e), f, _mm256_mul_ps(minus32, offset)), acc[m]);
+      __m256 shift = _mm256_setzero_ps();  // sum over the 16 scales (Q2_K: minimums) of it * sum(x)
+      for (int g = 0; g < 16; ++g) {
+        const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
+        const __m256i by = T == Q2_K ? _mm256_srli_epi32(_mm256_cvtepu8_epi32(bytes), 4) : _mm256_cvtepi8_epi32(bytes);
+        shift = _mm256_fmadd_ps(_mm256_cvtepi32_ps(by), _mm256_set1_ps(xs[g]), shift);
+      }
+      if constexpr (T == Q2_K)
+        acc[m] = _mm256_fnmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))), shift, _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(e)), f, acc[m]));
+      else
+        acc[m] = _mm256_fmadd_ps(dw, _mm256_fmadd_ps(_mm256_set1_ps(e), f, _mm256_mul_ps(minus_offset, shift)), acc[m]);
     }
   }
   for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
 }
 
-constexpr int KQ_TM = 2;  // x rows per pass (Q4_K .. Q6_K): three terms of two rows keep their sums in registers
+constexpr int KQ_TM = 2;  // x rows per pass (k-quants): three terms of two rows keep their sums in registers
 
 template <int64_t T, int TERMS>
 inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k, float* out8) {
-  if constexpr (T != Q6_K) (tm == 2 ? k45_group_tile<T, 2, TERMS> : k45_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
-  else (tm == 2 ? q6k_group_tile<2, TERMS> : q6k_group_tile<1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+  if constexpr (T == Q4_K || T == Q5_K) (tm == 2 ? k45_group_tile<T, 2, TERMS> : k45_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+  else (tm == 2 ? k16_group_tile<T, 2, TERMS> : k16_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
 }
 
-// y [m, n] for a packed Q4_K, Q5_K or Q6_K weight: x rounded by quantize_act(x, m, k, terms,
-// 256), with its float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (Q6_K's scales).
+// y [m, n] for a packed k-quant weight: x rounded by quantize_act(x, m, k, terms, 256), with its
+// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales).
 template <int64_t T>
 void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nsb = k / 256, gb = packed_block_bytes(T);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
-  const std::vector<float> sums = span_sums(x, m, k, T == Q6_K ? 16 : 32);
+  const std::vector<float> sums = span_sums(x, m, k, T == Q4_K || T == Q5_K ? 32 : 16);
   const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nsb * gb * std::max<int64_t>(1, m * terms / 4)));
   at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
     alignas(32) float out8[8 * KQ_TM];
@@ -843,6 +983,8 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     case Q4_K: pack_rows<Q4_K>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q5_K: pack_rows<Q5_K>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q6_K: pack_rows<Q6_K>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q3_K: pack_rows<Q3_K>(rows, k, out.data_ptr<uint8_t>()); break;
+    case Q2_K: pack_rows<Q2_K>(rows, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -874,6 +1016,8 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
     case Q4_K: unpack_rows<Q4_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q5_K: unpack_rows<Q5_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q6_K: unpack_rows<Q6_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q3_K: unpack_rows<Q3_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
+    case Q2_K: unpack_rows<Q2_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -893,6 +1037,8 @@ void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
     case Q4_K: dequant_packed_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q5_K: dequant_packed_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q6_K: dequant_packed_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q3_K: dequant_packed_rows<Q3_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
+    case Q2_K: dequant_packed_rows<Q2_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
 }
@@ -903,9 +1049,10 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
   auto y = at::empty(out_shape, x.options());
-  if (type == Q4_K || type == Q5_K || type == Q6_K) {  // x in blocks of 256, their own kernels
-    (type == Q4_K ? packed_gemm_kquant<Q4_K> : type == Q5_K ? packed_gemm_kquant<Q5_K> : packed_gemm_kquant<Q6_K>)(
-        x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
+  if (packed_block_values(type) == 256) {  // k-quants: x in blocks of 256, their own kernels
+    auto gemm = type == Q2_K ? packed_gemm_kquant<Q2_K> : type == Q3_K ? packed_gemm_kquant<Q3_K>
+              : type == Q4_K ? packed_gemm_kquant<Q4_K> : type == Q5_K ? packed_gemm_kquant<Q5_K> : packed_gemm_kquant<Q6_K>;
+    gemm(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
     return y;
   }
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
