@@ -1,24 +1,15 @@
-// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0 and the k-quants Q2_K .. Q6_K in the packed 8-row layout
-// (described below):
-// pack, unpack, decode to float32, and products in integers with x rounded to int8 blocks.
-#include "common.h"
+// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 in the packed 8-row layout (packed_layout.h): pack,
+// unpack, decode to float32, and products in integers with x rounded to int8 blocks; and the
+// packed layout's entry points, for the k-quants too (packed_kquant_kernels.cpp).
 #include "kernels.h"
+#include "packed_layout.h"
 
 namespace llamaherd {
 
+namespace packed {
+
 namespace {
 
-// ---- Packed 8-row layout for Q4_0 .. Q8_0, IQ4_NL and Q2_K .. Q6_K ------------------
-//
-// The loader repacks these weights once (pack()): rows are taken 8 at a time and, for each
-// 32-value block, the 8 rows' fp16 scales sit side by side followed by their values
-// interleaved 4 at a time, so one 32-byte register holds 4 values of each of the 8 rows.
-// One integer multiply-add of such a register with 4 activation values broadcast to all
-// lanes then gives partial dot products of all 8 rows at once, lane r for row r: no
-// horizontal sums, and each activation block is loaded once per 8 weight rows. This is the
-// layout idea of llama.cpp's "repack" CPU buffers (block_q4_0x8), written for our kernels.
-// The packed bytes are as many as the file's (rows padded to a multiple of 8 with zeros).
-//
 // Group g (rows 8g .. 8g+7), block b, at byte (g * nb + b) * group_block_bytes:
 //   Q4_0: d[8] fp16 | 4 chunks of 32 bytes                      (144 bytes)
 //   Q4_1: d[8] fp16 | m[8] fp16 | 4 chunks of 32 bytes          (160 bytes)
@@ -26,28 +17,6 @@ namespace {
 //   Q5_1: d[8] fp16 | m[8] fp16 | qh[8] u32 | 4 chunks          (192 bytes)
 //   IQ4_NL: as Q4_0, the nibbles indexing IQ4_LEVELS               (144 bytes)
 //   Q8_0: d[8] fp16 | 8 chunks of 32 bytes                      (272 bytes)
-// Q4_K packs a 256-value super-block at a time (block b: values 256b ..), its 8 sub-blocks of 32
-// each as Q4_0's chunks, their 6-bit scales and minimums one byte each:
-//   Q4_K: d[8] fp16 | dmin[8] fp16 | scale[8 sub-blocks][8 rows] | min[8][8] | 8 x 4 chunks
-//                                                                 (1184 bytes, the file's 1152
-//                                                                 and the scales unpacked)
-//   Q5_K: as Q4_K, each sub-block's 4 chunks followed by 32 bytes of its values' fifth bits:
-//         byte 4r + i, bit c: the value whose low bits are chunk c's low nibble there, bit 4 + c:
-//         its high nibble's                                     (1440 bytes, the file's 1408)
-// Q2_K, Q3_K and Q6_K have 16 scales a super-block, one per 16 values (k16 below):
-//   Q6_K: d[8] fp16 | scale[16 (16 values each)][8 rows] int8 | 8 sub-blocks of 192 bytes:
-//         4 chunks of the values' low 4 bits, then 2 registers of their top 2 bits (1680 bytes)
-//   Q3_K: d[8] fp16 | scale[16][8] int8 (less 32, as GGML uses it) | 8 sub-blocks of 96 bytes:
-//         2 registers of the values' low 2 bits, 1 of their top bit  (912 bytes, the file's 880)
-//   Q2_K: d[8] fp16 | dmin[8] fp16 | scale | min << 4 [16][8] (the file's bytes) | 8 sub-blocks
-//         of 64 bytes: 2 registers of the 2-bit values                 (672 bytes, as the file)
-// Values are kept unsigned, as the file's bits: u = q + 32 (Q6_K), q + 4 (Q3_K), q (Q2_K), for
-// the byte multiply-adds; the kernel takes the offset back on x's float sums. Where a value's
-// bits are split, the registers follow the chunks' order: Q6_K's top-bit register p serves
-// chunks 2p (bits 0-3 of each byte) and 2p + 1 (bits 4-7), byte 4r + i holding the top bits of
-// the values whose low bits share byte 4r + i of the chunk, the low nibble's value first. The
-// 2-bit registers: the first holds, at bits 2c of byte 4r + i, the value chunk c's low nibble
-// would hold, the second its high nibble's; Q3_K's top bits sit as Q5_K's fifth bits.
 // Q4 chunk c: bytes 4r..4r+3 are row r's values 8c+i (low nibble) and 8c+4+i (high nibble).
 // Q5: the same chunks hold the low 4 bits; row r's qh (bit v: the fifth bit of value v) is
 // GGML's, as it is.
@@ -55,38 +24,6 @@ namespace {
 //
 // Activations are rounded per 32-value block to int8 with one float scale (max|x| / 127),
 // as llama.cpp does for these weight types; the products are exact integers.
-
-inline int64_t packed_block_bytes(int64_t type) {
-  switch (type) {
-    case Q4_0: return 144;
-    case Q4_1: return 160;
-    case Q5_0: return 176;
-    case Q5_1: return 192;
-    case IQ4_NL: return 144;
-    case Q8_0: return 272;
-    case Q4_K: return 1184;
-    case Q5_K: return 1440;
-    case Q6_K: return 1680;
-    case Q3_K: return 912;
-    case Q2_K: return 672;
-  }
-  TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
-}
-
-// Values a packed block holds of each row: a super-block for the k-quants, else 32.
-inline int64_t packed_block_values(int64_t type) { return type >= Q2_K && type <= Q6_K ? 256 : 32; }
-
-// Q4_K's and Q5_K's packed super-block: where its parts start, and a packed sub-block's bytes
-constexpr int K4_DMIN = 16, K4_SCALES = 32, K4_MINS = 96, K4_CHUNKS = 160;
-template <int64_t T> constexpr int K45_SUB = T == Q5_K ? 160 : 128;
-// and Q2_K's, Q3_K's, Q6_K's (k16): scales, sub-block j at K16_SUBBLOCKS + K16_SUB * j, and the
-// offset taken from the unsigned values
-template <int64_t T> constexpr int K16_SCALES = T == Q2_K ? 32 : 16;
-template <int64_t T> constexpr int K16_SUBBLOCKS = K16_SCALES<T> + 128;
-template <int64_t T> constexpr int K16_SUB = T == Q6_K ? 192 : (T == Q3_K ? 96 : 64);
-template <int64_t T> constexpr int K16_OFFSET = T == Q6_K ? 32 : (T == Q3_K ? 4 : 0);
-
-inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
 // The 4- and 5-bit types: where their parts sit in a GGML block and in a packed one.
 template <int64_t T> constexpr bool HAS_MIN = T == Q4_1 || T == Q5_1;  // d * q + m, else d * (q - OFFSET)
@@ -110,34 +47,11 @@ inline void add_fifth_bits(__m256i qh, int c, __m256i& lo, __m256i& hi) {
   hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, hi_bits), hi_bits), five));
 }
 
-// A row's 32 values (0 .. 15, a byte each: lo values 0-15, hi 16-31) into the 4 chunks at
-// `out`, as row r of the 8: chunk c takes values 8c..8c+3 (low nibble) and 8c+4..8c+7 (high
-// nibble), which two byte shuffles and an OR make of all four.
-inline void store_chunks(__m128i lo, __m128i hi, int r, uint8_t* out) {
-  const __m128i firsts = _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1);
-  const __m128i seconds = _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
-  const __m128i c01 = _mm_or_si128(_mm_shuffle_epi8(lo, firsts), _mm_slli_epi16(_mm_shuffle_epi8(lo, seconds), 4));
-  const __m128i c23 = _mm_or_si128(_mm_shuffle_epi8(hi, firsts), _mm_slli_epi16(_mm_shuffle_epi8(hi, seconds), 4));
-  const uint64_t a = uint64_t(_mm_cvtsi128_si64(c01)), b = uint64_t(_mm_cvtsi128_si64(c23));
-  std::memcpy(out + 4 * r, &a, 4);
-  std::memcpy(out + 32 + 4 * r, (const uint8_t*)&a + 4, 4);
-  std::memcpy(out + 64 + 4 * r, &b, 4);
-  std::memcpy(out + 96 + 4 * r, (const uint8_t*)&b + 4, 4);
-}
-
-// Row r's 32 values (0 .. 15) back out of the 4 chunks at `in`.
-inline void load_chunks(const uint8_t* in, int r, uint8_t v[32]) {
-  for (int c = 0; c < 4; ++c)
-    for (int i = 0; i < 4; ++i) {
-      const uint8_t byte = in[32 * c + 4 * r + i];
-      v[8 * c + i] = byte & 0x0F;
-      v[8 * c + 4 + i] = byte >> 4;
-    }
-}
+}  // namespace
 
 // A row's 32-value block `src` (GGML layout) into packed block `dst`, as row r of the 8.
 template <int64_t T>
-inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
+void pack_block(const uint8_t* src, int r, uint8_t* dst) {
   std::memcpy(dst + 2 * r, src, 2);  // d
   if constexpr (T == Q8_0) {
     const int8_t* q = (const int8_t*)(src + 2);
@@ -154,43 +68,8 @@ inline void pack_block(const uint8_t* src, int r, uint8_t* dst) {
   }
 }
 
-// Q4_K, Q5_K: a GGML super-block (d, dmin | scales[12] | (Q5_K: qh[32]) | qs[128]; sub-block j:
-// the low (j even) or high nibbles of qs[32 (j / 2) ..], Q5_K's fifth bits bit j of qh[..])
-// into packed super-block `dst`, as row r of the 8.
 template <int64_t T>
-inline void pack_k45(const uint8_t* src, int r, uint8_t* dst) {
-  std::memcpy(dst + 2 * r, src, 2);
-  std::memcpy(dst + K4_DMIN + 2 * r, src + 2, 2);
-  uint64_t scales, mins;
-  scales_mins_k4(src + 4, scales, mins);
-  for (int j = 0; j < 8; ++j) {
-    dst[K4_SCALES + 8 * j + r] = uint8_t(scales >> (8 * j));
-    dst[K4_MINS + 8 * j + r] = uint8_t(mins >> (8 * j));
-  }
-  const uint8_t* qs = src + (T == Q5_K ? 48 : 16);
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  for (int c = 0; c < 4; ++c) {
-    const __m128i a = _mm_loadu_si128((const __m128i*)(qs + 32 * c)), b = _mm_loadu_si128((const __m128i*)(qs + 16 + 32 * c));
-    store_chunks(_mm_and_si128(a, mask), _mm_and_si128(b, mask), r, dst + K4_CHUNKS + K45_SUB<T> * (2 * c));
-    store_chunks(_mm_and_si128(_mm_srli_epi16(a, 4), mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask), r, dst + K4_CHUNKS + K45_SUB<T> * (2 * c + 1));
-  }
-  if constexpr (T == Q5_K)
-    for (int j = 0; j < 8; ++j)
-      for (int i = 0; i < 4; ++i) {
-        uint8_t byte = 0;
-        for (int c = 0; c < 4; ++c)
-          byte |= uint8_t((((src[16 + 8 * c + i] >> j) & 1) << c) | (((src[16 + 8 * c + 4 + i] >> j) & 1) << (4 + c)));
-        dst[K4_CHUNKS + K45_SUB<T> * j + 128 + 4 * r + i] = byte;
-      }
-}
-
-template <>
-inline void pack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k45<Q4_K>(src, r, dst); }
-template <>
-inline void pack_block<Q5_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k45<Q5_K>(src, r, dst); }
-
-template <int64_t T>
-inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
+void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
   std::memcpy(dst, src + 2 * r, 2);
   if constexpr (T == Q8_0) {
     for (int c = 0; c < 8; ++c) std::memcpy(dst + 2 + 4 * c, src + 16 + 32 * c + 4 * r, 4);
@@ -205,224 +84,11 @@ inline void unpack_block(const uint8_t* src, int r, uint8_t* dst) {
   }
 }
 
-// Row r's 32 values of packed sub-block j of a Q4_K or Q5_K super-block (fifth bits included).
-template <int64_t T>
-inline void k45_values(const uint8_t* blk, int r, int j, uint8_t v[32]) {
-  const uint8_t* sub = blk + K4_CHUNKS + K45_SUB<T> * j;
-  load_chunks(sub, r, v);
-  if constexpr (T == Q5_K)
-    for (int c = 0; c < 4; ++c)
-      for (int i = 0; i < 4; ++i) {
-        const uint8_t top = sub[128 + 4 * r + i];
-        v[8 * c + i] |= uint8_t(((top >> c) & 1) << 4);
-        v[8 * c + 4 + i] |= uint8_t(((top >> (4 + c)) & 1) << 4);
-      }
-}
-
-// Q4_K, Q5_K: the GGML super-block back, its scales and minimums re-encoded in GGML's 12 bytes
-// (every bit of them is a bit of a 6-bit value: the bytes come back exactly).
-template <int64_t T>
-inline void unpack_k45(const uint8_t* src, int r, uint8_t* dst) {
-  std::memcpy(dst, src + 2 * r, 2);
-  std::memcpy(dst + 2, src + K4_DMIN + 2 * r, 2);
-  uint8_t sc[8], mn[8];
-  for (int j = 0; j < 8; ++j) sc[j] = src[K4_SCALES + 8 * j + r], mn[j] = src[K4_MINS + 8 * j + r];
-  uint8_t* packed = dst + 4;
-  for (int j = 0; j < 4; ++j) {
-    packed[j] = uint8_t((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
-    packed[j + 4] = uint8_t((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
-    packed[j + 8] = uint8_t((sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4));
-  }
-  uint8_t* qs = dst + (T == Q5_K ? 48 : 16);
-  std::memset(dst + 16, 0, T == Q5_K ? 160 : 128);  // (qh and) qs
-  for (int j = 0; j < 8; ++j) {
-    uint8_t v[32];
-    k45_values<T>(src, r, j, v);
-    for (int l = 0; l < 32; ++l) {
-      qs[32 * (j / 2) + l] |= uint8_t((v[l] & 0x0F) << (4 * (j % 2)));
-      if constexpr (T == Q5_K) dst[16 + l] |= uint8_t((v[l] >> 4) << j);
-    }
-  }
-}
-
-template <>
-inline void unpack_block<Q4_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k45<Q4_K>(src, r, dst); }
-template <>
-inline void unpack_block<Q5_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k45<Q5_K>(src, r, dst); }
-
-// A k16 GGML super-block's 256 unsigned values u (layout above) and 16 scale bytes (packed:
-// Q6_K's int8, Q3_K's six bits less 32, Q2_K's scale | min << 4).
-//   Q6_K: ql[128] | qh[64] | scales[16] | d: value 128h + 32t + l has its low 4 bits in
-//         ql[64h + 32(t % 2) + l] (low nibble for t < 2) and its top 2 in bits 2t of qh[32h + l].
-//   Q3_K: hmask[32] | qs[64] | scales[12] | d; Q2_K: scales[16] | qs[64] | d | dmin: value
-//         128h + 32t + l is bits 2t of qs[32h + l], Q3_K's third bit bit 4h + t of hmask[l].
-template <int64_t T>
-inline void k16_values(const uint8_t* src, uint8_t u[256], uint8_t sc[16]) {
-  for (int h = 0; h < 2; ++h)
-    for (int t = 0; t < 4; ++t)
-      for (int l = 0; l < 32; ++l) {
-        uint8_t& v = u[128 * h + 32 * t + l];
-        if constexpr (T == Q6_K) {
-          const uint8_t low = src[64 * h + 32 * (t % 2) + l], top = src[128 + 32 * h + l];
-          v = uint8_t(((t < 2 ? low : low >> 4) & 0x0F) | (((top >> (2 * t)) & 3) << 4));
-        } else {
-          v = (src[(T == Q3_K ? 32 : 16) + 32 * h + l] >> (2 * t)) & 3;
-          if constexpr (T == Q3_K) v |= uint8_t(((src[l] >> (4 * h + t)) & 1) << 2);
-        }
-      }
-  if constexpr (T == Q3_K) _mm_storeu_si128((__m128i*)sc, scales_k3(src + 96));
-  else std::memcpy(sc, src + (T == Q6_K ? 192 : 0), 16);
-}
-
-// ... and back: the GGML super-block of u and sc (Q3_K's scales re-encoded in its 12 bytes,
-// every bit of which is a bit of a scale: the bytes come back exactly).
-template <int64_t T>
-inline void k16_block(const uint8_t u[256], const uint8_t sc[16], uint8_t* dst) {
-  std::memset(dst, 0, T == Q6_K ? 192 : (T == Q3_K ? 108 : 80));  // all but d (dmin)
-  for (int h = 0; h < 2; ++h)
-    for (int t = 0; t < 4; ++t)
-      for (int l = 0; l < 32; ++l) {
-        const uint8_t v = u[128 * h + 32 * t + l];
-        if constexpr (T == Q6_K) {
-          dst[64 * h + 32 * (t % 2) + l] |= uint8_t((v & 0x0F) << (t < 2 ? 0 : 4));
-          dst[128 + 32 * h + l] |= uint8_t((v >> 4) << (2 * t));
-        } else {
-          dst[(T == Q3_K ? 32 : 16) + 32 * h + l] |= uint8_t((v & 3) << (2 * t));
-          if constexpr (T == Q3_K) dst[l] |= uint8_t((v >> 2) << (4 * h + t));
-        }
-      }
-  if constexpr (T == Q3_K)
-    for (int g = 0; g < 16; ++g) {
-      const int b = uint8_t(sc[g] + 32);  // six bits: low 4 in byte g % 8 (g >= 8: high nibble), top 2 in byte 8 + g % 4
-      dst[96 + g % 8] |= uint8_t((b & 0x0F) << (g < 8 ? 0 : 4));
-      dst[104 + g % 4] |= uint8_t((b >> 4) << (2 * (g / 4)));
-    }
-  else
-    std::memcpy(dst + (T == Q6_K ? 192 : 0), sc, 16);
-}
-
-// Where a k16 type keeps its fp16 scales in a GGML block: d (and Q2_K's dmin after it)
-template <int64_t T> constexpr int K16_SRC_D = T == Q6_K ? 208 : (T == Q3_K ? 108 : 80);
-
-template <int64_t T>
-inline void pack_k16(const uint8_t* src, int r, uint8_t* dst) {
-  std::memcpy(dst + 2 * r, src + K16_SRC_D<T>, 2);
-  if constexpr (T == Q2_K) std::memcpy(dst + 16 + 2 * r, src + 82, 2);
-  alignas(16) uint8_t u[256];
-  uint8_t sc[16];
-  k16_values<T>(src, u, sc);
-  for (int g = 0; g < 16; ++g) dst[K16_SCALES<T> + 8 * g + r] = sc[g];
-  for (int j = 0; j < 8; ++j) {
-    const uint8_t* v = u + 32 * j;
-    uint8_t* out = dst + K16_SUBBLOCKS<T> + K16_SUB<T> * j;
-    if constexpr (T == Q6_K) {
-      const __m128i mask = _mm_set1_epi8(0x0F);
-      store_chunks(_mm_and_si128(_mm_load_si128((const __m128i*)v), mask), _mm_and_si128(_mm_load_si128((const __m128i*)(v + 16)), mask), r, out);
-    }
-    for (int i = 0; i < 4; ++i) {
-      uint8_t top[2] = {0, 0}, low2[2] = {0, 0}, third = 0;
-      for (int c = 0; c < 4; ++c) {
-        const uint8_t a = v[8 * c + i], b = v[8 * c + 4 + i];  // chunk c's low and high nibble's values
-        top[c / 2] |= uint8_t((((a >> 4) | ((b >> 4) << 2)) & 0x0F) << (4 * (c % 2)));
-        low2[0] |= uint8_t((a & 3) << (2 * c));
-        low2[1] |= uint8_t((b & 3) << (2 * c));
-        third |= uint8_t((((a >> 2) & 1) << c) | (((b >> 2) & 1) << (4 + c)));
-      }
-      if constexpr (T == Q6_K) {
-        out[128 + 4 * r + i] = top[0];
-        out[160 + 4 * r + i] = top[1];
-      } else {
-        out[4 * r + i] = low2[0];
-        out[32 + 4 * r + i] = low2[1];
-        if constexpr (T == Q3_K) out[64 + 4 * r + i] = third;
-      }
-    }
-  }
-}
-
-// Row r's 32 values (u) of packed sub-block j of a k16 super-block.
-template <int64_t T>
-inline void k16_sub_values(const uint8_t* blk, int r, int j, uint8_t v[32]) {
-  const uint8_t* in = blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j;
-  if constexpr (T == Q6_K) load_chunks(in, r, v);
-  for (int c = 0; c < 4; ++c)
-    for (int i = 0; i < 4; ++i) {
-      uint8_t& a = v[8 * c + i];
-      uint8_t& b = v[8 * c + 4 + i];
-      if constexpr (T == Q6_K) {
-        const int pair = (in[128 + 32 * (c / 2) + 4 * r + i] >> (4 * (c % 2))) & 0x0F;
-        a |= uint8_t((pair & 3) << 4);
-        b |= uint8_t((pair >> 2) << 4);
-      } else {
-        a = (in[4 * r + i] >> (2 * c)) & 3;
-        b = (in[32 + 4 * r + i] >> (2 * c)) & 3;
-        if constexpr (T == Q3_K) {
-          a |= uint8_t(((in[64 + 4 * r + i] >> c) & 1) << 2);
-          b |= uint8_t(((in[64 + 4 * r + i] >> (4 + c)) & 1) << 2);
-        }
-      }
-    }
-}
-
-template <int64_t T>
-inline void unpack_k16(const uint8_t* src, int r, uint8_t* dst) {
-  uint8_t u[256], sc[16];
-  for (int j = 0; j < 8; ++j) k16_sub_values<T>(src, r, j, u + 32 * j);
-  for (int g = 0; g < 16; ++g) sc[g] = src[K16_SCALES<T> + 8 * g + r];
-  k16_block<T>(u, sc, dst);
-  std::memcpy(dst + K16_SRC_D<T>, src + 2 * r, 2);
-  if constexpr (T == Q2_K) std::memcpy(dst + 82, src + 16 + 2 * r, 2);
-}
-
-template <>
-inline void pack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q6_K>(src, r, dst); }
-template <>
-inline void pack_block<Q3_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q3_K>(src, r, dst); }
-template <>
-inline void pack_block<Q2_K>(const uint8_t* src, int r, uint8_t* dst) { pack_k16<Q2_K>(src, r, dst); }
-template <>
-inline void unpack_block<Q6_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q6_K>(src, r, dst); }
-template <>
-inline void unpack_block<Q3_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q3_K>(src, r, dst); }
-template <>
-inline void unpack_block<Q2_K>(const uint8_t* src, int r, uint8_t* dst) { unpack_k16<Q2_K>(src, r, dst); }
-
-template <int64_t T>
-void pack_rows(const std::vector<const uint8_t*>& rows, int64_t k, uint8_t* out) {
-  const int64_t vals = packed_block_values(T), nb = k / vals, gb = packed_block_bytes(T), bb = row_bytes(T, vals);
-  const int64_t n = rows.size();
-  at::parallel_for(0, groups_of(n), 16, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g)
-      for (int r = 0; r < 8 && 8 * g + r < n; ++r)
-        for (int64_t b = 0; b < nb; ++b) pack_block<T>(rows[8 * g + r] + b * bb, r, out + (g * nb + b) * gb);
-  });
-}
-
-template <int64_t T>
-void unpack_rows(const uint8_t* packed, int64_t n, int64_t k, uint8_t* out) {
-  const int64_t vals = packed_block_values(T), nb = k / vals, gb = packed_block_bytes(T), bb = row_bytes(T, vals);
-  for (int64_t row = 0; row < n; ++row)
-    for (int64_t b = 0; b < nb; ++b)
-      unpack_block<T>(packed + (row / 8 * nb + b) * gb, int(row % 8), out + row * row_bytes(T, k) + b * bb);
-}
-
-
-// Each row's 8 values of a register pair (a, b) of chunk bytes, as floats: a holds 4 values
-// of every row (dword r: row r), b the next 4; interleaving their dwords lines each row's 8
-// values up in 64 bits.
-inline void chunk_rows(__m256i a, __m256i b, __m256 rows[8]) {
-  const __m256i lo = _mm256_unpacklo_epi32(a, b), hi = _mm256_unpackhi_epi32(a, b);
-  const __m128i pairs[4] = {_mm256_castsi256_si128(lo), _mm256_castsi256_si128(hi),
-                            _mm256_extracti128_si256(lo, 1), _mm256_extracti128_si256(hi, 1)};  // rows 01 23 45 67
-  for (int r = 0; r < 8; ++r)
-    rows[r] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(r % 2 ? _mm_unpackhi_epi64(pairs[r / 2], pairs[r / 2]) : pairs[r / 2]));
-}
-
 // One block of a packed group decoded to float32: row r's 32 values to out + r * k. Each
 // register pair (a, b) holds, for every row, 4 values in a's dword r and the next 4 in b's
 // (chunk_rows). Same arithmetic as GGML's (d * (q - 8 or 16), d * q + m, d * q), so the floats are identical.
 template <int64_t T>
-inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
+void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
   alignas(32) float d[8], m[8];
   _mm256_store_ps(d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk)));
   if constexpr (HAS_MIN<T>) _mm256_store_ps(m, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))));
@@ -454,173 +120,31 @@ inline void dequant_group_block(const uint8_t* blk, float* out, int64_t k) {
   }
 }
 
-// Q4_K, Q5_K: sub-block j of row r is d1 * q - m1 with d1 = d * scale, m1 = dmin * min, as
-// GGML's dequantize_row_q4_K (q5_K) computes them (so the floats are identical).
-inline void q4k_sub_scales(const uint8_t* blk, int r, int j, float& d1, float& m1) {
-  d1 = half(blk + 2 * r) * float(blk[K4_SCALES + 8 * j + r]);
-  m1 = half(blk + K4_DMIN + 2 * r) * float(blk[K4_MINS + 8 * j + r]);
-}
-
-// Q4_K, Q5_K: chunk c of packed sub-block `sub` as whole values (lo, hi: as Q4_0's), Q5_K's
-// fifth bits moved from their byte (layout above) to bit 4.
+// Row r of a packed block decoded to float32 at o (a group cut by a run's ends), as GGML
+// defines the values: Q4_0 d * (q - 8), Q5_0 d * (q - 16), Q4_1 and Q5_1 d * q + m, Q8_0 d * q.
 template <int64_t T>
-inline void k45_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
-  const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c)), low4 = _mm256_set1_epi8(0x0F);
-  lo = _mm256_and_si256(raw, low4);
-  hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-  if constexpr (T == Q5_K) {
-    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128)), bit4 = _mm256_set1_epi8(0x10);
-    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(top, 4 - c), bit4));
-    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(top, c), bit4));
+void dequant_row_block(const uint8_t* blk, int r, float* o) {
+  const float d = half(blk + 2 * r);
+  if constexpr (T == Q8_0) {
+    for (int c = 0; c < 8; ++c)
+      for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
+  } else {
+    const float m = HAS_MIN<T> ? half(blk + 16 + 2 * r) : 0.f;
+    const uint8_t* q = blk + PACKED_QS<T> + 4 * r;
+    uint32_t qh = 0;
+    if constexpr (FIVE_BITS<T>) std::memcpy(&qh, blk + PACKED_QH<T> + 4 * r, 4);
+    auto value = [&](int v, int nibble) {
+      return LEVELS<T> ? int(IQ4_LEVELS[nibble]) : nibble + int((qh >> v) & 1) * 16 - OFFSET<T>;
+    };
+    for (int c = 0; c < 4; ++c)
+      for (int i = 0; i < 4; ++i) {
+        o[8 * c + i] = d * float(value(8 * c + i, q[32 * c + i] & 0x0F)) + m;
+        o[8 * c + 4 + i] = d * float(value(8 * c + 4 + i, q[32 * c + i] >> 4)) + m;
+      }
   }
 }
 
-template <int64_t T>
-inline void dequant_k45_group(const uint8_t* blk, float* out, int64_t k) {
-  for (int j = 0; j < 8; ++j) {
-    float d1[8], m1[8];
-    for (int r = 0; r < 8; ++r) q4k_sub_scales(blk, r, j, d1[r], m1[r]);
-    for (int c = 0; c < 4; ++c) {
-      __m256i lo, hi;
-      k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo, hi);
-      __m256 rows[8];
-      chunk_rows(lo, hi, rows);
-      for (int r = 0; r < 8; ++r)
-        _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(d1[r]), rows[r]), _mm256_set1_ps(m1[r])));
-    }
-  }
-}
-
-template <>
-inline void dequant_group_block<Q4_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k45_group<Q4_K>(blk, out, k); }
-template <>
-inline void dequant_group_block<Q5_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k45_group<Q5_K>(blk, out, k); }
-
-// k16: chunk c of packed sub-block `sub` as whole unsigned values, as Q4's lo and hi (layout above).
-template <int64_t T>
-inline void k16_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
-  if constexpr (T == Q6_K) {  // low 4 bits from the chunk, top 2 from the top-bit register
-    const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c));
-    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128 + 32 * (c / 2)));
-    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
-    const __m256i top_lo = c % 2 ? top : _mm256_slli_epi16(top, 4);
-    const __m256i top_hi = c % 2 ? _mm256_srli_epi16(top, 2) : _mm256_slli_epi16(top, 2);
-    lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(top_lo, bits45));
-    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_and_si256(top_hi, bits45));
-  } else {  // 2 bits at 2c of the low and high registers; Q3_K's third at bits c and 4 + c
-    const __m256i two = _mm256_set1_epi8(3);
-    lo = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)sub), 2 * c), two);
-    hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(sub + 32)), 2 * c), two);
-    if constexpr (T == Q3_K) {
-      const __m256i third = _mm256_loadu_si256((const __m256i*)(sub + 64)), bit2 = _mm256_set1_epi8(4);
-      const __m256i third_lo = c < 2 ? _mm256_slli_epi16(third, 2 - c) : _mm256_srli_epi16(third, c - 2);
-      lo = _mm256_or_si256(lo, _mm256_and_si256(third_lo, bit2));
-      hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(third, 2 + c), bit2));
-    }
-  }
-}
-
-// k16: row r's values under scale byte `sc` are d1 * (u - offset) - m1, with d1 = d * scale and
-// (Q2_K) m1 = dmin * min, as GGML's dequantize_row_q*_K computes them (identical floats).
-template <int64_t T>
-inline void k16_sub_scales(const uint8_t* blk, int r, int g, float& d1, float& m1) {
-  const uint8_t sc = blk[K16_SCALES<T> + 8 * g + r];
-  d1 = half(blk + 2 * r) * float(T == Q2_K ? sc & 0x0F : int8_t(sc));
-  m1 = T == Q2_K ? half(blk + 16 + 2 * r) * float(sc >> 4) : 0.f;
-}
-
-template <int64_t T>
-inline void dequant_k16_group(const uint8_t* blk, float* out, int64_t k) {
-  const __m256 offset = _mm256_set1_ps(float(K16_OFFSET<T>));
-  for (int j = 0; j < 8; ++j)
-    for (int c = 0; c < 4; ++c) {
-      __m256i lo, hi;
-      k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo, hi);
-      __m256 rows[8];
-      chunk_rows(lo, hi, rows);
-      for (int r = 0; r < 8; ++r) {
-        float d1, m1;
-        k16_sub_scales<T>(blk, r, 2 * j + c / 2, d1, m1);
-        __m256 v = _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_sub_ps(rows[r], offset));
-        if constexpr (T == Q2_K) v = _mm256_sub_ps(v, _mm256_set1_ps(m1));
-        _mm256_storeu_ps(out + r * k + 32 * j + 8 * c, v);
-      }
-    }
-}
-
-template <>
-inline void dequant_group_block<Q6_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q6_K>(blk, out, k); }
-template <>
-inline void dequant_group_block<Q3_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q3_K>(blk, out, k); }
-template <>
-inline void dequant_group_block<Q2_K>(const uint8_t* blk, float* out, int64_t k) { dequant_k16_group<Q2_K>(blk, out, k); }
-
-// Rows [r0, r1) of a packed weight decoded to float32 into out [r1 - r0, k], for BLAS (prefill):
-// whole groups of 8 rows with vectors, rows of groups cut by r0 or r1 one at a time.
-template <int64_t T>
-void dequant_packed_rows(const uint8_t* packed, int64_t k, int64_t r0, int64_t r1, float* out) {
-  const int64_t vals = packed_block_values(T), nb = k / vals, gb = packed_block_bytes(T);
-  at::parallel_for(r0 / 8, (r1 + 7) / 8, 4, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* gw = packed + g * nb * gb;
-      if (8 * g >= r0 && 8 * g + 8 <= r1) {
-        for (int64_t b = 0; b < nb; ++b) dequant_group_block<T>(gw + b * gb, out + (8 * g - r0) * k + vals * b, k);
-        continue;
-      }
-      for (int64_t row = std::max(r0, 8 * g); row < std::min(r1, 8 * g + 8); ++row) {
-        const int r = int(row % 8);
-        float* o = out + (row - r0) * k;
-        for (int64_t b = 0; b < nb; ++b, o += vals) {
-          const uint8_t* blk = gw + b * gb;
-          const float d = half(blk + 2 * r);
-          if constexpr (T == Q6_K || T == Q3_K || T == Q2_K) {
-            for (int j = 0; j < 8; ++j) {
-              uint8_t v[32];
-              k16_sub_values<T>(blk, r, j, v);
-              for (int l = 0; l < 32; ++l) {
-                float d1, m1;
-                k16_sub_scales<T>(blk, r, 2 * j + l / 16, d1, m1);
-                const float y = d1 * float(int(v[l]) - K16_OFFSET<T>);
-                o[32 * j + l] = T == Q2_K ? y - m1 : y;
-              }
-            }
-          } else if constexpr (T == Q4_K || T == Q5_K) {
-            for (int j = 0; j < 8; ++j) {
-              float d1, m1;
-              q4k_sub_scales(blk, r, j, d1, m1);
-              uint8_t v[32];
-              k45_values<T>(blk, r, j, v);
-              for (int l = 0; l < 32; ++l) o[32 * j + l] = d1 * float(v[l]) - m1;
-            }
-          } else if constexpr (T == Q8_0) {
-            for (int c = 0; c < 8; ++c)
-              for (int i = 0; i < 4; ++i) o[4 * c + i] = d * float(int8_t(blk[16 + 32 * c + 4 * r + i]));
-          } else {
-            // as GGML defines them: Q4_0 d * (q - 8), Q5_0 d * (q - 16), Q4_1 and Q5_1 d * q + m
-            const float m = HAS_MIN<T> ? half(blk + 16 + 2 * r) : 0.f;
-            const uint8_t* q = blk + PACKED_QS<T> + 4 * r;
-            uint32_t qh = 0;
-            if constexpr (FIVE_BITS<T>) std::memcpy(&qh, blk + PACKED_QH<T> + 4 * r, 4);
-            auto value = [&](int v, int nibble) {
-              return LEVELS<T> ? int(IQ4_LEVELS[nibble]) : nibble + int((qh >> v) & 1) * 16 - OFFSET<T>;
-            };
-            for (int c = 0; c < 4; ++c)
-              for (int i = 0; i < 4; ++i) {
-                o[8 * c + i] = d * float(value(8 * c + i, q[32 * c + i] & 0x0F)) + m;
-                o[8 * c + 4 + i] = d * float(value(8 * c + 4 + i, q[32 * c + i] >> 4)) + m;
-              }
-          }
-        }
-      }
-    }
-  });
-}
-
-inline __m256i bcast4(const int8_t* p) {  // 4 int8 values repeated in all 8 lanes
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm256_set1_epi32(v);
-}
+namespace {
 
 // A row of x's block b as its terms carry it (quantize_act): x = e * sum_t q_t * 128^(TERMS-1-t).
 // s0 and tail are the sums of the first term's values and of the other terms' (as combined);
@@ -641,14 +165,6 @@ std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64
       out[r * nb + b] = {e, float(s[0]), float(tail), e * (float(s[0]) * top + float(tail))};
     }
   return out;
-}
-
-// Each chunk's int16 pair sums of unsigned values (lo, hi: as nibble_dot) with 32 int8 values
-// at xb: s[c] holds, in row r's two lanes, its products with values 8c .. 8c+7. Summed as a
-// tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
-inline void chunk_sums16(const __m256i* lo, const __m256i* hi, const int8_t* xb, __m256i s[4]) {
-  for (int c = 0; c < 4; ++c)
-    s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)), _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
 }
 
 // The int32 dot products of one packed block's 8 rows (lanes) with 32 int8 values at xb, from
@@ -785,170 +301,11 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
   });
 }
 
-// Float sums of x's rows per `span` values: the k-quant offsets' and minimums' share.
-std::vector<float> span_sums(const float* x, int64_t m, int64_t k, int span) {
-  std::vector<float> sums(m * k / span);
-  for (size_t i = 0; i < sums.size(); ++i) {
-    float t = 0.f;
-    for (int v = 0; v < span; ++v) t += x[span * i + v];
-    sums[i] = t;
-  }
-  return sums;
-}
-
-// Q4_K, Q5_K: y[m, 8g .. 8g+7] for TM rows of x against weight group g, x carried by TERMS int8
-// terms with one scale per 256 values (quantize_act's block 256: one per super-block, as GGML's
-// Q8_K). A sub-block's 32 products of each row sum in int16 (8 pair sums <= 8 * 2 * 15 * 127;
-// Q5_K's 5-bit values: each half apart, 4 * 2 * 31 * 127) and meet its 6-bit scale in one
-// int16 multiply-add (Q5_K: two), lane r with row r's: as many integer operations as Q4_0's
-// block. The 8 sub-blocks add in int32 (<= 8 * 63 * 2 * 31496 < 2^31),
-// the terms in float (1 + 2^-24 of their sum), and the minimums' share, -dmin * min * sum(x),
-// takes x's float sums per 32 values (xsum [m, k / 32]), as the k-quant kernel does.
-template <int64_t T, int TM, int TERMS>
-inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
-  const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM];
-  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
-  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  for (int64_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* blk = gw + sb * gb;
-    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
-    __m256i isum[TM][TERMS];
-    for (int m = 0; m < TM; ++m)
-      for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; ++j) {
-      const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_SCALES + 8 * j)));
-      const __m256i sc16 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // row r's scale in both its int16 lanes
-      __m256i lo[4], hi[4];
-      for (int c = 0; c < 4; ++c) k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo[c], hi[c]);
-      for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) {
-          __m256i s[4];
-          chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-          const __m256i half01 = _mm256_add_epi16(s[0], s[1]), half23 = _mm256_add_epi16(s[2], s[3]);
-          const __m256i prod = T == Q5_K ? _mm256_add_epi32(_mm256_madd_epi16(half01, sc16), _mm256_madd_epi16(half23, sc16))
-                                         : _mm256_madd_epi16(_mm256_add_epi16(half01, half23), sc16);
-          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
-        }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
-    const __m256 dminw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + K4_DMIN)));
-    const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT));
-    for (int m = 0; m < TM; ++m) {
-      __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
-      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      const float* xs = xsum + (m0 + m) * (k / 32) + 8 * sb;
-      __m256 mins = _mm256_setzero_ps();
-      for (int j = 0; j < 8; ++j)
-        mins = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_MINS + 8 * j)))), _mm256_set1_ps(xs[j]), mins);
-      acc[m] = _mm256_fnmadd_ps(dminw, mins, _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(e)), f, acc[m]));
-    }
-  }
-  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
-}
-
-// k16 (Q2_K, Q3_K, Q6_K): as Q4_K, with two scales a sub-block, one per 16 values (chunks 0-1
-// and 2-3). Q6_K's pair sums of 6-bit values (<= 2 * 2 * 63 * 127 a chunk) fill int16, so each
-// chunk meets its scale in its own multiply-add (8 sub-blocks: <= 8 * 4 * 128 * 2 * 32004 <
-// 2^31); Q3_K's and Q2_K's two chunks at a time. The values are u = q + offset: the offset
-// comes back as -offset * d * sum(scale * x), Q2_K's minimums as -dmin * sum(min * x), on x's
-// float sums per 16 values (xsum16 [m, k / 16]).
-template <int64_t T, int TM, int TERMS>
-inline void k16_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
-  const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM];
-  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
-  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus_offset = _mm256_set1_ps(-float(K16_OFFSET<T>));
-  // row r's scale (of 16 values g) in lane r, as int32
-  auto scales = [](const uint8_t* blk, int g) {
-    const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
-    if constexpr (T == Q2_K) return _mm256_and_si256(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(0x0F));
-    else return _mm256_cvtepi8_epi32(bytes);
-  };
-  for (int64_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* blk = gw + sb * gb;
-    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
-    __m256i isum[TM][TERMS];
-    for (int m = 0; m < TM; ++m)
-      for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; ++j) {
-      __m256i lo[4], hi[4], sc16[2];
-      for (int c = 0; c < 4; ++c) k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo[c], hi[c]);
-      for (int h = 0; h < 2; ++h) {  // row r's scale in both its int16 lanes
-        const __m256i sc = scales(blk, 2 * j + h);
-        sc16[h] = _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA);
-      }
-      for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) {
-          __m256i s[4];
-          chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-          __m256i prod;
-          if constexpr (T == Q6_K)
-            prod = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s[0], sc16[0]), _mm256_madd_epi16(s[1], sc16[0])),
-                                    _mm256_add_epi32(_mm256_madd_epi16(s[2], sc16[1]), _mm256_madd_epi16(s[3], sc16[1])));
-          else
-            prod = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), sc16[0]), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), sc16[1]));
-          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
-        }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
-    for (int m = 0; m < TM; ++m) {
-      __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
-      const float* xs = xsum16 + (m0 + m) * (k / 16) + 16 * sb;
-      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      __m256 shift = _mm256_setzero_ps();  // sum over the 16 scales (Q2_K: minimums) of it * sum(x)
-      for (int g = 0; g < 16; ++g) {
-        const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
-        const __m256i by = T == Q2_K ? _mm256_srli_epi32(_mm256_cvtepu8_epi32(bytes), 4) : _mm256_cvtepi8_epi32(bytes);
-        shift = _mm256_fmadd_ps(_mm256_cvtepi32_ps(by), _mm256_set1_ps(xs[g]), shift);
-      }
-      if constexpr (T == Q2_K)
-        acc[m] = _mm256_fnmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))), shift, _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(e)), f, acc[m]));
-      else
-        acc[m] = _mm256_fmadd_ps(dw, _mm256_fmadd_ps(_mm256_set1_ps(e), f, _mm256_mul_ps(minus_offset, shift)), acc[m]);
-    }
-  }
-  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
-}
-
-constexpr int KQ_TM = 2;  // x rows per pass (k-quants): three terms of two rows keep their sums in registers
-
-template <int64_t T, int TERMS>
-inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k, float* out8) {
-  if constexpr (T == Q4_K || T == Q5_K) (tm == 2 ? k45_group_tile<T, 2, TERMS> : k45_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
-  else (tm == 2 ? k16_group_tile<T, 2, TERMS> : k16_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
-}
-
-// y [m, n] for a packed k-quant weight: x rounded by quantize_act(x, m, k, terms, 256), with its
-// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales).
-template <int64_t T>
-void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
-  const int64_t nsb = k / 256, gb = packed_block_bytes(T);
-  const Q8Act a = quantize_act(x, m, k, terms, 256);
-  const std::vector<float> sums = span_sums(x, m, k, T == Q4_K || T == Q5_K ? 32 : 16);
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nsb * gb * std::max<int64_t>(1, m * terms / 4)));
-  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float out8[8 * KQ_TM];
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* gw = w + g * nsb * gb;
-      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < m; m0 += KQ_TM) {
-        const int64_t tm = std::min<int64_t>(KQ_TM, m - m0);
-        switch (terms) {
-          case 1: kquant_tile<T, 1>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-          case 2: kquant_tile<T, 2>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-          default: kquant_tile<T, 3>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-        }
-        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
-      }
-    }
-  });
-}
-
 }  // namespace
+
+}  // namespace packed
+
+using namespace packed;
 
 // The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed, into
 // `out` when given (a contiguous uint8 run of exactly the packed size: a slice of a bigger
@@ -973,6 +330,10 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     out = at::empty({size}, at::kByte);
   }
   if (n % 8) std::memset(out.data_ptr<uint8_t>() + (groups_of(n) - 1) * group_bytes, 0, group_bytes);  // padding rows
+  if (packed_block_values(type) == 256) {
+    kquant_pack(type, rows, k, out.data_ptr<uint8_t>());
+    return out;
+  }
   switch (type) {
     case Q4_0: pack_rows<Q4_0>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q4_1: pack_rows<Q4_1>(rows, k, out.data_ptr<uint8_t>()); break;
@@ -980,11 +341,6 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     case Q5_1: pack_rows<Q5_1>(rows, k, out.data_ptr<uint8_t>()); break;
     case IQ4_NL: pack_rows<IQ4_NL>(rows, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: pack_rows<Q8_0>(rows, k, out.data_ptr<uint8_t>()); break;
-    case Q4_K: pack_rows<Q4_K>(rows, k, out.data_ptr<uint8_t>()); break;
-    case Q5_K: pack_rows<Q5_K>(rows, k, out.data_ptr<uint8_t>()); break;
-    case Q6_K: pack_rows<Q6_K>(rows, k, out.data_ptr<uint8_t>()); break;
-    case Q3_K: pack_rows<Q3_K>(rows, k, out.data_ptr<uint8_t>()); break;
-    case Q2_K: pack_rows<Q2_K>(rows, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -1006,6 +362,10 @@ void check_packed(const at::Tensor& w, int64_t type, int64_t n, int64_t k) {
 at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
   check_packed(w, type, n, k);
   auto out = at::empty({n * row_bytes(type, k)}, at::kByte);
+  if (packed_block_values(type) == 256) {
+    kquant_unpack(type, w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>());
+    return out;
+  }
   switch (type) {
     case Q4_0: unpack_rows<Q4_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q4_1: unpack_rows<Q4_1>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
@@ -1013,11 +373,6 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
     case Q5_1: unpack_rows<Q5_1>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case IQ4_NL: unpack_rows<IQ4_NL>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     case Q8_0: unpack_rows<Q8_0>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
-    case Q4_K: unpack_rows<Q4_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
-    case Q5_K: unpack_rows<Q5_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
-    case Q6_K: unpack_rows<Q6_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
-    case Q3_K: unpack_rows<Q3_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
-    case Q2_K: unpack_rows<Q2_K>(w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
   return out;
@@ -1027,6 +382,7 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
 void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {
   check_packed(w, type, n, k);
   check_row_run(out, n, k, r0, r1);
+  if (packed_block_values(type) == 256) return kquant_dequant(type, w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
   switch (type) {
     case Q4_0: dequant_packed_rows<Q4_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_1: dequant_packed_rows<Q4_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
@@ -1034,11 +390,6 @@ void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0
     case Q5_1: dequant_packed_rows<Q5_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case IQ4_NL: dequant_packed_rows<IQ4_NL>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q8_0: dequant_packed_rows<Q8_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
-    case Q4_K: dequant_packed_rows<Q4_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
-    case Q5_K: dequant_packed_rows<Q5_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
-    case Q6_K: dequant_packed_rows<Q6_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
-    case Q3_K: dequant_packed_rows<Q3_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
-    case Q2_K: dequant_packed_rows<Q2_K>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     default: TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
   }
 }
@@ -1050,9 +401,7 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   check_packed(w, type, n, k);
   auto y = at::empty(out_shape, x.options());
   if (packed_block_values(type) == 256) {  // k-quants: x in blocks of 256, their own kernels
-    auto gemm = type == Q2_K ? packed_gemm_kquant<Q2_K> : type == Q3_K ? packed_gemm_kquant<Q3_K>
-              : type == Q4_K ? packed_gemm_kquant<Q4_K> : type == Q5_K ? packed_gemm_kquant<Q5_K> : packed_gemm_kquant<Q6_K>;
-    gemm(x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
+    kquant_gemm(type, x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
     return y;
   }
   const Q8Act a = quantize_act(x.data_ptr<float>(), m, k, x_terms);
