@@ -5,22 +5,24 @@
 //     converted to float in registers and multiplied with every row of x; dequant() decodes
 //     runs of rows to float32 for a BLAS matmul (prefill). Results equal "x @ W^T" up to float
 //     summation order.
-//   * kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS: on the file's bytes (the k-quants where they are
-//     not packed), a 256-value super-block at a time: multiplied in integers with a few rows
-//     of x rounded to int8 (gemm_kquant_q8), or runs of rows decoded to float32 for BLAS
-//     (prefill) exactly as GGML decodes them.
-//   * packed_kernels.cpp: Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K: the loader repacks the weight
-//     into an 8-row interleaved layout (pack(), described there) and packed_gemm() multiplies
-//     it in integers with x rounded to int8 blocks, for any number of rows of x. Results equal
+//   * kquant_kernels.cpp: IQ4_XS, and Q2_K .. Q6_K where they are not packed: on the file's
+//     bytes, a 256-value super-block at a time: multiplied in integers with a few rows of x
+//     rounded to int8 (gemm_kquant_q8), or runs of rows decoded to float32 for BLAS (prefill)
+//     exactly as GGML decodes them.
+//   * packed_layout.h, packed_kernels.cpp (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, and the entry
+//     points), packed_kquant_kernels.cpp (Q2_K .. Q6_K): the loader repacks the weight into an
+//     8-row interleaved layout (pack(), described there) and gemm_packed() multiplies it in
+//     integers with x rounded to int8 blocks, for any number of rows of x. Results equal
 //     "dequantize W, round x to its int8 blocks, then x @ W^T" up to float summation order.
-//   * fused_ops.cpp: rms_norm, silu_mul and decode_attention, each one call in place of
-//     several torch ops of a decode step.
+//   * fused_ops.cpp: rms_norm, silu_mul, decode_attention and decode_block (a block's whole
+//     decode step), each one call in place of several torch ops.
 //   * bindings.cpp: the Python module; kernels.h declares the functions it binds.
 //   * common.h (this file): what they share: GGML type ids and row sizes, float helpers, the
 //     prefetch and threading constants, x rounded to int8 blocks, argument checks.
 //
 // All is in namespace llamaherd, the matrix kernels' internals in an anonymous namespace of
-// their file. Functions defined here are inline or templates.
+// their file (the packed layout's shared parts in llamaherd::packed). Functions defined here
+// are inline or templates.
 #pragma once
 
 // ATen's own headers, not torch/extension.h: each kernel file compiles in ~8 s of headers
