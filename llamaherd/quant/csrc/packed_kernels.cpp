@@ -280,23 +280,13 @@ template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T);
   const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms);
-  // Small products run on one thread: waking another costs tens of microseconds.
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nb * gb * std::max<int64_t>(1, m * terms / 4)));
-  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float out8[8 * PACKED_TM];
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* gw = w + g * nb * gb;
-      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < m; m0 += PACKED_TM) {
-        const int64_t tm = std::min<int64_t>(PACKED_TM, m - m0);
-        const BlockTerms* rows = bt.data() + m0 * nb;
-        switch (terms) {
-          case 1: packed_tile<T, 1>(tm, gw, nb, a, rows, m0, k, out8); break;
-          case 2: packed_tile<T, 2>(tm, gw, nb, a, rows, m0, k, out8); break;
-          default: packed_tile<T, 3>(tm, gw, nb, a, rows, m0, k, out8); break;
-        }
-        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
-      }
+  for_group_tiles<PACKED_TM>(m, n, nb * gb, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out8) {
+    const uint8_t* gw = w + g * nb * gb;
+    const BlockTerms* rows = bt.data() + m0 * nb;
+    switch (terms) {
+      case 1: return packed_tile<T, 1>(tm, gw, nb, a, rows, m0, k, out8);
+      case 2: return packed_tile<T, 2>(tm, gw, nb, a, rows, m0, k, out8);
+      default: return packed_tile<T, 3>(tm, gw, nb, a, rows, m0, k, out8);
     }
   });
 }

@@ -541,21 +541,12 @@ void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t ter
   const int64_t nsb = k / 256, gb = packed_block_bytes(T);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
   const std::vector<float> sums = span_sums(x, m, k, T == Q4_K || T == Q5_K ? 32 : 16);
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (nsb * gb * std::max<int64_t>(1, m * terms / 4)));
-  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float out8[8 * KQ_TM];
-    for (int64_t g = g0; g < g1; ++g) {
-      const uint8_t* gw = w + g * nsb * gb;
-      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
-      for (int64_t m0 = 0; m0 < m; m0 += KQ_TM) {
-        const int64_t tm = std::min<int64_t>(KQ_TM, m - m0);
-        switch (terms) {
-          case 1: kquant_tile<T, 1>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-          case 2: kquant_tile<T, 2>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-          default: kquant_tile<T, 3>(tm, gw, nsb, a, sums.data(), m0, k, out8); break;
-        }
-        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
-      }
+  for_group_tiles<KQ_TM>(m, n, nsb * gb, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out8) {
+    const uint8_t* gw = w + g * nsb * gb;
+    switch (terms) {
+      case 1: return kquant_tile<T, 1>(tm, gw, nsb, a, sums.data(), m0, k, out8);
+      case 2: return kquant_tile<T, 2>(tm, gw, nsb, a, sums.data(), m0, k, out8);
+      default: return kquant_tile<T, 3>(tm, gw, nsb, a, sums.data(), m0, k, out8);
     }
   });
 }

@@ -93,6 +93,25 @@ inline void chunk_sums16(const __m256i* lo, const __m256i* hi, const int8_t* xb,
     s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)), _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
 }
 
+// y [m, n] by tiles over a packed weight: tile(g, m0, tm, out) fills out [tm][8] with rows
+// m0 .. m0+tm of y against weight group g (rows 8g .. 8g+7); threads split the groups, so they
+// write apart. Small products run on one thread: waking another costs tens of microseconds.
+template <int TM, class Tile>
+void for_group_tiles(int64_t m, int64_t n, int64_t group_bytes, int64_t terms, float* y, Tile tile) {
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (group_bytes * std::max<int64_t>(1, m * terms / 4)));
+  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
+    alignas(32) float out8[8 * TM];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
+      for (int64_t m0 = 0; m0 < m; m0 += TM) {
+        const int64_t tm = std::min<int64_t>(TM, m - m0);
+        tile(g, m0, tm, out8);
+        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
+      }
+    }
+  });
+}
+
 // Each type's block functions: a packed block holds 8 rows of 32 values (of a super-block, k-quants).
 template <int64_t T> void pack_block(const uint8_t* src, int r, uint8_t* dst);  // a row's GGML block in, as row r
 template <int64_t T> void unpack_block(const uint8_t* src, int r, uint8_t* dst);  // row r's GGML block out
