@@ -201,12 +201,11 @@ template <int64_t T, int TM, int TERMS>
 inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
   const int64_t gb = packed_block_bytes(T);
   const __m256 top = _mm256_set1_ps(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
-  __m256 acc[TM];
-  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
+  __m256 acc[TM] = {};
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = gw + b * gb;
-    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
+    prefetch_ahead(blk, gb);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
     __m256 mw;
     if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));

@@ -419,15 +419,12 @@ std::vector<float> span_sums(const float* x, int64_t m, int64_t k, int span) {
 template <int64_t T, int TM, int TERMS>
 inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
   const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM];
-  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
+  __m256 acc[TM] = {};
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
-    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
-    __m256i isum[TM][TERMS];
-    for (int m = 0; m < TM; ++m)
-      for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
+    prefetch_ahead(blk, gb);
+    __m256i isum[TM][TERMS] = {};
     for (int j = 0; j < 8; ++j) {
       const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_SCALES + 8 * j)));
       const __m256i sc16 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // row r's scale in both its int16 lanes
@@ -469,8 +466,7 @@ inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
 template <int64_t T, int TM, int TERMS>
 inline void k16_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
   const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM];
-  for (int m = 0; m < TM; ++m) acc[m] = _mm256_setzero_ps();
+  __m256 acc[TM] = {};
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
   const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus_offset = _mm256_set1_ps(-float(K16_OFFSET<T>));
   // row r's scale (of 16 values g) in lane r, as int32
@@ -481,10 +477,8 @@ inline void k16_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const
   };
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
-    for (int64_t off = 0; off < gb; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
-    __m256i isum[TM][TERMS];
-    for (int m = 0; m < TM; ++m)
-      for (int t = 0; t < TERMS; ++t) isum[m][t] = _mm256_setzero_si256();
+    prefetch_ahead(blk, gb);
+    __m256i isum[TM][TERMS] = {};
     for (int j = 0; j < 8; ++j) {
       __m256i lo[4], hi[4], sc16[2];
       for (int c = 0; c < 4; ++c) k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo[c], hi[c]);

@@ -43,6 +43,11 @@ inline int64_t packed_block_values(int64_t type) { return type >= Q2_K && type <
 
 inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
+// Ask for the weight bytes PREFETCH_BYTES past a block of `bytes` about to be read.
+inline void prefetch_ahead(const uint8_t* blk, int64_t bytes) {
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
+}
+
 // A row's 32 values (0 .. 15, a byte each: lo values 0-15, hi 16-31) into the 4 chunks at
 // `out`, as row r of the 8: chunk c takes values 8c..8c+3 (low nibble) and 8c+4..8c+7 (high
 // nibble), which two byte shuffles and an OR make of all four.
