@@ -2,12 +2,13 @@
 
 Nothing is decoded to float32 at load time. Products are computed
 
-  * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K (native kernels): on a copy of the weight repacked once at
-    load into an 8-row interleaved layout of about the same size (csrc/packed_kernels.cpp), in integers
-    (int8 products, exact), for any number of rows of x. Each block of x, 32 values (k-quants:
-    256, as GGML's Q8_K), is carried by int8 values with one scale per block, in terms, each
-    rounding what the ones before missed at 1/128 of the previous term's scale (so a row's
-    terms add up in integers before one conversion to float):
+  * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q8_0, Q2_K .. Q6_K (native kernels): on a copy of the
+    weight repacked once at load into an 8-row interleaved layout of about the same size
+    (csrc/packed_layout.h), in integers (int8 products, exact), for any number of rows of x.
+    Each block of x, 32 values (k-quants: 256, as GGML's Q8_K), is carried by int8 values
+    with one scale per block, in terms, each rounding what the ones before missed at 1/128
+    of the previous term's scale (so a row's terms add up in integers before one conversion
+    to float):
       - by default three terms: x kept to ~2^-22 of its block's largest value, float32's
         own precision, so answers stay those of the float model (SmolLM2: same greedy
         text, logits within 1e-3 of transformers, sampled tokens independent of batching).
@@ -23,8 +24,8 @@ Nothing is decoded to float32 at load time. Products are computed
   * F32, F16, BF16 (native kernels): for a few rows of x by converting weight rows to float in
     registers; for many rows by BLAS, on F32's own bytes or on a run of 16-bit rows decoded
     into a scratch buffer.
-  * IQ4_XS (native kernels): on the memory-mapped bytes, a 256-value super-block
-    at a time, in integers with a few rows of x carried by int8 terms as above but with one
+  * IQ4_XS, and the k-quants where they are not packed (native kernels): on the
+    memory-mapped bytes, a 256-value super-block at a time, in integers with a few rows of x carried by int8 terms as above but with one
     scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
     many rows, runs of rows decoded to float32 for BLAS.
   * other types, or without the native kernels (no compiler, not x86-64 AVX2, CUDA): on
