@@ -303,6 +303,8 @@ at::Tensor decode_block(at::Tensor x, at::Tensor attention_norm, at::Tensor ffn_
   TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 3 && x.size(1) == 1, "decode_block: x float32 [B, 1, dim]");
   const int64_t b = x.size(0), qkv = parts == 4 ? spec[1] : spec[1] + spec[3] + spec[5], d = qkv / (n_heads + 2 * n_kv_heads);
   TORCH_CHECK(d > 0 && d * (n_heads + 2 * n_kv_heads) == qkv, "decode_block: q, k and v's outputs are not H + 2 Hkv heads");
+  TORCH_CHECK(parts == 4 || (spec[1] == n_heads * d && spec[3] == n_kv_heads * d && spec[5] == n_kv_heads * d),
+              "decode_block: wq, wk, wv's outputs are not H, Hkv and Hkv heads");
   auto linear = [&](const at::Tensor& in, int64_t i) { return gemm_packed(in, weights[i], spec[2 * i], spec[2 * i + 1], x_terms); };
   const auto normed = rms_norm(x, attention_norm, eps);
   at::Tensor q, k, v;
