@@ -319,7 +319,7 @@ at::Tensor pack(std::vector<at::Tensor> parts, int64_t type, int64_t k, std::opt
     out = at::empty({size}, at::kByte);
   }
   if (n % 8) std::memset(out.data_ptr<uint8_t>() + (groups_of(n) - 1) * group_bytes, 0, group_bytes);  // padding rows
-  if (packed_block_values(type) == 256) {
+  if (is_kquant(type)) {
     kquant_pack(type, rows, k, out.data_ptr<uint8_t>());
     return out;
   }
@@ -351,7 +351,7 @@ void check_packed(const at::Tensor& w, int64_t type, int64_t n, int64_t k) {
 at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
   check_packed(w, type, n, k);
   auto out = at::empty({n * row_bytes(type, k)}, at::kByte);
-  if (packed_block_values(type) == 256) {
+  if (is_kquant(type)) {
     kquant_unpack(type, w.data_ptr<uint8_t>(), n, k, out.data_ptr<uint8_t>());
     return out;
   }
@@ -371,7 +371,7 @@ at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k) {
 void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out) {
   check_packed(w, type, n, k);
   check_row_run(out, n, k, r0, r1);
-  if (packed_block_values(type) == 256) return kquant_dequant(type, w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
+  if (is_kquant(type)) return kquant_dequant(type, w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>());
   switch (type) {
     case Q4_0: dequant_packed_rows<Q4_0>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
     case Q4_1: dequant_packed_rows<Q4_1>(w.data_ptr<uint8_t>(), k, r0, r1, out.data_ptr<float>()); break;
@@ -389,7 +389,7 @@ at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, i
   auto [x, out_shape, m, k] = product_rows(x_in, n, x_terms);
   check_packed(w, type, n, k);
   auto y = at::empty(out_shape, x.options());
-  if (packed_block_values(type) == 256) {  // k-quants: x in blocks of 256, their own kernels
+  if (is_kquant(type)) {  // k-quants: x in blocks of 256, their own kernels
     kquant_gemm(type, x.data_ptr<float>(), w.data_ptr<uint8_t>(), m, x_terms, k, n, y.data_ptr<float>());
     return y;
   }

@@ -237,7 +237,7 @@ inline void unpack_k16(const uint8_t* src, int r, uint8_t* dst) {
 
 // Q4_K, Q5_K: sub-block j of row r is d1 * q - m1 with d1 = d * scale, m1 = dmin * min, as
 // GGML's dequantize_row_q4_K (q5_K) computes them (so the floats are identical).
-inline void q4k_sub_scales(const uint8_t* blk, int r, int j, float& d1, float& m1) {
+inline void k45_sub_scales(const uint8_t* blk, int r, int j, float& d1, float& m1) {
   d1 = half(blk + 2 * r) * float(blk[K4_SCALES + 8 * j + r]);
   m1 = half(blk + K4_DMIN + 2 * r) * float(blk[K4_MINS + 8 * j + r]);
 }
@@ -260,7 +260,7 @@ template <int64_t T>
 inline void dequant_k45_group(const uint8_t* blk, float* out, int64_t k) {
   for (int j = 0; j < 8; ++j) {
     float d1[8], m1[8];
-    for (int r = 0; r < 8; ++r) q4k_sub_scales(blk, r, j, d1[r], m1[r]);
+    for (int r = 0; r < 8; ++r) k45_sub_scales(blk, r, j, d1[r], m1[r]);
     for (int c = 0; c < 4; ++c) {
       __m256i lo, hi;
       k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo, hi);
@@ -344,7 +344,7 @@ template <int64_t T>
 void k45_row_block(const uint8_t* blk, int r, float* o) {
   for (int j = 0; j < 8; ++j) {
     float d1, m1;
-    q4k_sub_scales(blk, r, j, d1, m1);
+    k45_sub_scales(blk, r, j, d1, m1);
     uint8_t v[32];
     k45_values<T>(blk, r, j, v);
     for (int l = 0; l < 32; ++l) o[32 * j + l] = d1 * float(v[l]) - m1;

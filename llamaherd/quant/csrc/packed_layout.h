@@ -38,8 +38,11 @@ inline int64_t packed_block_bytes(int64_t type) {
   TORCH_CHECK(false, "GGML type ", type, " has no packed layout");
 }
 
+// The k-quants (Q2_K .. Q6_K) pack a 256-value super-block at a time (packed_kquant_kernels.cpp).
+inline bool is_kquant(int64_t type) { return type >= Q2_K && type <= Q6_K; }
+
 // Values a packed block holds of each row: a super-block for the k-quants, else 32.
-inline int64_t packed_block_values(int64_t type) { return type >= Q2_K && type <= Q6_K ? 256 : 32; }
+inline int64_t packed_block_values(int64_t type) { return is_kquant(type) ? 256 : 32; }
 
 inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
