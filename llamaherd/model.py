@@ -97,7 +97,10 @@ class Attention(nn.Module):
         cache: KVCache | None,
         rows: torch.Tensor | None,
         span: int,
+        last_query: bool = False,
     ) -> torch.Tensor:
+        """The attention output for every position of x, or with last_query for its last one only
+        (keys and values still come from, and go to the cache for, all of them)."""
         b, t, _ = x.shape
         q, k, v = self.project(x)
         q = q.view(b, t, self.n_heads, self.head_dim)
@@ -106,7 +109,11 @@ class Attention(nn.Module):
         if cache is not None and t == 1:  # decoding: each row's new token against its own cached slots
             out = fused_ops.decode_attention(q, k, v, rotation, cache, layer, rows, positions)
             return self.wo.forward(out.reshape(b, 1, self.n_heads * self.head_dim))
-        q, k = apply_rotary_emb(q, rotation), apply_rotary_emb(k, rotation)
+        k = apply_rotary_emb(k, rotation)
+        if last_query and t > 1:
+            q, rotation, t = q[:, -1:], rotation[:, -1:], 1
+            mask = None if mask is None else mask[:, :, -1:]
+        q = apply_rotary_emb(q, rotation)
         if cache is not None:
             keys, values = cache.update(layer, k, v, positions, rows, span)
         else:
@@ -151,13 +158,16 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x: torch.Tensor, *attn_args: object) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *attn_args: object, last_only: bool = False) -> torch.Tensor:
+        """x [B, T, dim] through the block; with last_only, only the last position comes out: the
+        model's last block when only the last logits are wanted (llama.cpp does the same), so its
+        feed-forward, the bulk of a block, runs on one row instead of T."""
         rotation, _, layer, positions, cache, rows, _ = attn_args
         if self.decode_plan is not None and cache is not None and x.shape[1] == 1:  # decoding: one native call
             out = fused_ops.decode_block(self.decode_plan, x, rotation, layer, positions, cache, rows)
             if out is not None:
                 return out
-        h = x + self.attention.forward(self.attention_norm.forward(x), *attn_args)
+        h = (x[:, -1:] if last_only else x) + self.attention.forward(self.attention_norm.forward(x), *attn_args, last_query=last_only)
         return h + self.feed_forward.forward(self.ffn_norm.forward(h))
 
 
@@ -206,8 +216,9 @@ class Transformer(nn.Module):
         mask = None if cache is not None and t == 1 else self._attention_mask(positions, span if cache is not None else t)
         rotation = self.rotary_angles(positions)
         h = self.tok_embeddings(tokens)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, rotation, mask, i, positions, cache, rows, span)
+            h = layer(h, rotation, mask, i, positions, cache, rows, span, last_only=last_only and i == last)
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)

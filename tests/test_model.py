@@ -54,6 +54,27 @@ def test_incremental_decode_matches_full_forward(tmp_path):
     assert (torch.cat(steps) - full).abs().max().item() < 1e-4
 
 
+
+def test_last_only_prefill_gives_the_last_logits_and_fills_the_cache(tmp_path):
+    """last_only (what generation asks of a prefill) runs the last block's query, output
+    projection and feed-forward for the last position alone: its logits are still
+    transformers' for that position, and the cache still gets every position's keys and
+    values, so the next step's logits match too."""
+    hf = random_hf_llama(seed=5, num_attention_heads=8, num_key_value_heads=2)
+    llm = llamaherd.load(write_gguf_from_hf(hf, tmp_path / "m.gguf"))
+    ids = list(range(7, 31))
+    n = len(ids) - 1
+    model = llm.model
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0]
+        no_cache = model(torch.tensor([ids[:n]]), last_only=True)
+        cache = llamaherd.cache.KVCache(llm.config, 1, 64)
+        prefill = model(torch.tensor([ids[:n]]), torch.arange(n).unsqueeze(0), cache, last_only=True)
+        step = model(torch.tensor([[ids[n]]]), torch.tensor([[n]]), cache)
+    assert no_cache.shape == prefill.shape == (1, 1, hf.config.vocab_size)
+    for got, want in ((no_cache[0, 0], expected[n - 1]), (prefill[0, 0], expected[n - 1]), (step[0, 0], expected[n])):
+        assert (got - want).abs().max().item() < 1e-4
+
 def test_batched_rows_of_different_lengths_match_single_runs(tmp_path):
     """Two sequences in one batch, at different positions, give their own single-run logits."""
     hf = random_hf_llama(seed=4, num_attention_heads=4, num_key_value_heads=2)
