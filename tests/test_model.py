@@ -92,6 +92,24 @@ def test_batched_rows_of_different_lengths_match_single_runs(tmp_path):
     assert (step[1, 0] - llm.logits(b)[-1]).abs().max().item() < 1e-4
 
 
+
+def test_long_runs_of_queries_match_transformers(tmp_path):
+    """Runs of 128 or more queries attend in chunks, each over the key slots up to its latest
+    position (model.causal_attention): one long prompt, and two rows at different positions
+    stepped 200 tokens at once through the cache, give transformers' logits."""
+    hf = random_hf_llama(seed=7, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512)
+    llm = llamaherd.load(write_gguf_from_hf(hf, tmp_path / "m.gguf"))
+    gen = torch.Generator().manual_seed(2)
+    a, b = (torch.randint(0, hf.config.vocab_size, (n,), generator=gen).tolist() for n in (250, 200))
+    with torch.no_grad():
+        want_a, want_b = (hf(torch.tensor([ids])).logits[0] for ids in (a, b))
+        assert (llm.logits(a) - want_a).abs().max().item() < 1e-4
+        cache = llamaherd.cache.KVCache(llm.config, 2, 256)
+        llm.model(torch.tensor([a[:50]]), torch.arange(50).unsqueeze(0), cache, rows=torch.tensor([0]))
+        both = llm.model(torch.tensor([a[50:], b]), torch.stack([torch.arange(50, 250), torch.arange(200)]), cache)
+    assert (both[0] - want_a[50:]).abs().max().item() < 1e-4
+    assert (both[1] - want_b).abs().max().item() < 1e-4
+
 def test_block_hooks_see_transformers_hidden_states(tmp_path):
     """Forward hooks on the blocks run (the model calls its blocks through nn.Module, their
     parts through forward()): block i's output is transformers' hidden state i + 1."""
