@@ -4,9 +4,9 @@
     pip install llama-cpp-python                # the llama.cpp peer (its own setup step)
     python benchmarks/compare.py [--threads 2] [--rounds 2] [--only decode prefill batch load ppl hf]
 
-llamaherd runs with its defaults (float-accurate activations); prefill and batch tables
-add an "int8-x" column: --int8-activations, which rounds activations to int8 once before
-each quantized product, as llama.cpp does.
+llamaherd runs with its defaults (float-accurate activations); the decode, prefill and
+batch tables add an "int8-x" column: --int8-activations, which rounds activations to int8
+once before each quantized product, as llama.cpp does.
 
 Every measurement runs in a fresh subprocess (one engine, one model, one task) and
 prints JSON; engines alternate within each round and the best of the rounds is kept,
@@ -260,9 +260,13 @@ def interleaved_rounds(engines: list[str], kind: str, path: Path, args, tokens: 
     for _ in range(args.rounds):
         for e in engines:
             bw = read_bandwidth(repeats=3) if bandwidth else None
-            r = run_worker(e, kind, path, args, tokens=tokens)
+            r = run_worker("llamaherd", kind, path, args, tokens=tokens, int8_activations=True) if e == INT8_X else \
+                run_worker(e, kind, path, args, tokens=tokens)
             res[e].append((r["tps"] if r else None, bw))
     return res
+
+
+INT8_X = "llamaherd int8-x"  # an engine for interleaved_rounds: llamaherd with --int8-activations
 
 
 def best_with_bandwidth(rounds: list) -> tuple:
@@ -311,18 +315,25 @@ def main() -> None:
 
     if "decode" in args.only:
         print(f"\n## decode, batch 1, {args.tokens} tokens after an {PROMPT}-token prompt (tokens/s); limit: read "
-              "bandwidth / bytes per token, bandwidth measured before each run, %bw: the best run against its own")
-        print(f"{'model':16s} {'llamaherd':>10s} {'llama.cpp':>10s} {'ratio':>6s} {'limit':>7s} {'lh %bw':>7s} {'cpp %bw':>7s}")
+              "bandwidth / bytes per token, bandwidth measured before each run, %bw: the best run against its own; "
+              "'int8-x': llamaherd with --int8-activations")
+        print(f"{'model':16s} {'llamaherd':>10s} {'int8-x':>8s} {'llama.cpp':>10s} {'ratio':>6s} {'limit':>7s} "
+              f"{'lh %bw':>7s} {'int8-x %bw':>10s} {'cpp %bw':>7s}")
         for label, path in models.items():
             if not path.exists():
                 continue
-            rounds = interleaved_rounds(engines, "decode", path, args, args.tokens, bandwidth=True)
-            (lh, lh_bw), (cpp, cpp_bw) = best_with_bandwidth(rounds["llamaherd"]), best_with_bandwidth(rounds.get("llamacpp", []))
+            rounds = interleaved_rounds(["llamaherd", INT8_X] + engines[1:], "decode", path, args, args.tokens, bandwidth=True)
+            (lh, lh_bw), (lh8, lh8_bw) = best_with_bandwidth(rounds["llamaherd"]), best_with_bandwidth(rounds[INT8_X])
+            cpp, cpp_bw = best_with_bandwidth(rounds.get("llamacpp", []))
             per_token = bytes_per_token(path)
             limit = (lh_bw or cpp_bw or bw) / per_token
-            print(f"{label:16s} {fmt(lh, '.2f'):>10s} {fmt(cpp, '.2f'):>10s} {fmt(lh / cpp if lh and cpp else None, '.2f'):>6s} "
-                  f"{limit:7.2f} {fmt(lh / (lh_bw / per_token) * 100 if lh else None, '.0f'):>6s}% "
-                  f"{fmt(cpp / (cpp_bw / per_token) * 100 if cpp else None, '.0f'):>6s}%", flush=True)
+
+            def share(rate, rate_bw):  # % of the bandwidth limit measured next to the run
+                return fmt(rate / (rate_bw / per_token) * 100 if rate else None, '.0f')
+
+            print(f"{label:16s} {fmt(lh, '.2f'):>10s} {fmt(lh8, '.2f'):>8s} {fmt(cpp, '.2f'):>10s} "
+                  f"{fmt(lh / cpp if lh and cpp else None, '.2f'):>6s} {limit:7.2f} {share(lh, lh_bw):>6s}% "
+                  f"{share(lh8, lh8_bw):>9s}% {share(cpp, cpp_bw):>6s}%", flush=True)
 
     if "prefill" in args.only:
         print(f"\n## prefill, {args.prefill_tokens}-token prompt (tokens/s); 'int8-x': llamaherd with --int8-activations "
