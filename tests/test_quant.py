@@ -358,6 +358,24 @@ def test_gguf_bf16_file_runs_on_the_bf16_kernels_with_transformers_answers(tmp_p
 
 
 @pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
+def test_float_kernels_for_every_row_count_and_length(name):
+    """The float kernels sum each row of x in up to four chains of 8-value vectors, then the
+    values after the last whole step a vector at a time: lengths 8 (no whole step), 40 and 48
+    (a tail, or none, for each number of chains), 1 to 9 rows of x, against float64."""
+    if native() is None:
+        pytest.skip("no native kernels here")
+    n, rng = 24, np.random.default_rng(6)
+    for k in (8, 40, 48):
+        raw = gguf_bytes(rng.standard_normal((n, k), dtype=np.float32), TYPES[name])
+        w = dequantize(raw, int(TYPES[name]), (n, k)).double()
+        for m in range(1, 10):
+            x = torch.randn(m, k)
+            expected = x.double() @ w.t()
+            got = native().gemm_float(x, raw, int(TYPES[name]), n).double()
+            assert (got - expected).abs().max().item() < 1e-5 * expected.abs().max().item(), (k, m)
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
 @pytest.mark.parametrize("rows", [2, 12])
 def test_float_rows_of_any_length(name, rows):
     """The float kernels take rows of whole 8-value vectors; other lengths take the torch path."""
