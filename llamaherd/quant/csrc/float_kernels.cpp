@@ -44,9 +44,9 @@ __attribute__((optimize("align-loops=64"))) void gemm_float_tile(const float* x,
     int64_t i = 0;
     for (; i + 8 * U <= k; i += 8 * U) {
       if constexpr (B * 8 * U >= 64) {
-        for (int off = 0; off < B * 8 * U; off += 64) _mm_prefetch((const char*)row + B * i + FLOAT_PREFETCH_BYTES + off, _MM_HINT_T0);
+        for (int off = 0; off < B * 8 * U; off += 64) prefetch_l2(row + B * i + PREFETCH_BYTES + off);
       } else if (i % (64 / B) == 0) {
-        _mm_prefetch((const char*)row + B * i + FLOAT_PREFETCH_BYTES, _MM_HINT_T0);
+        prefetch_l2(row + B * i + PREFETCH_BYTES);
       }
       for (int u = 0; u < U; ++u) {
         const __m256 wv = load8_float<T>(row + B * (i + 8 * u));

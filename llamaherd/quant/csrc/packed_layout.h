@@ -48,7 +48,7 @@ inline int64_t groups_of(int64_t n) { return (n + 7) / 8; }
 
 // Ask for the weight bytes PREFETCH_BYTES past a block of `bytes` about to be read.
 inline void prefetch_ahead(const uint8_t* blk, int64_t bytes) {
-  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char*)blk + PREFETCH_BYTES + off, _MM_HINT_T0);
+  for (int64_t off = 0; off < bytes; off += 64) prefetch_l2(blk + PREFETCH_BYTES + off);
 }
 
 // A row's 32 values (0 .. 15, a byte each: lo values 0-15, hi 16-31) into the 4 chunks at
