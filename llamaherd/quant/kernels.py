@@ -25,17 +25,26 @@ import warnings
 from pathlib import Path
 
 CSRC = Path(__file__).with_name("csrc")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+
+
+def _cpu_flags() -> set[str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return set()
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return set()
 
 
 def _cpu_supports_avx2() -> bool:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return {"avx2", "fma", "f16c"} <= set(flags)
+    return {"avx2", "fma", "f16c"} <= _cpu_flags()
+
+
+# Where the CPU has AVX-VNNI (Intel since Alder Lake and Sapphire Rapids, AMD since Zen 5) the
+# integer kernels add 4 byte products into int32 in one instruction, not three (common.h
+# dot4_add); the flags are part of the build's hash, so each kind of CPU gets its own build.
+FLAGS = BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
 
 
 NAME = "llamaherd_ggml_kernels"

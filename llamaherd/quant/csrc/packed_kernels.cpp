@@ -171,24 +171,32 @@ std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64
 // the block's nibbles (values 8c..8c+3 of each row in lo[c], 8c+4..8c+7 in hi[c]).
 template <int64_t T>
 inline __m256i nibble_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb) {
-  const __m256i ones16 = _mm256_set1_epi16(1);
-  if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0
+  if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0 (pair sums <= 2 * 127 * 127)
     __m256i dot = _mm256_setzero_si256();
-    for (int c = 0; c < 4; ++c) {  // pair sums <= 2 * 127 * 127: each to int32 on its own
-      const __m256i pl = _mm256_maddubs_epi16(_mm256_sign_epi8(lo[c], lo[c]), _mm256_sign_epi8(bcast4(xb + 8 * c), lo[c]));
-      const __m256i ph = _mm256_maddubs_epi16(_mm256_sign_epi8(hi[c], hi[c]), _mm256_sign_epi8(bcast4(xb + 8 * c + 4), hi[c]));
-      dot = _mm256_add_epi32(dot, _mm256_add_epi32(_mm256_madd_epi16(pl, ones16), _mm256_madd_epi16(ph, ones16)));
+    for (int c = 0; c < 4; ++c) {
+      dot = dot4_add(dot, _mm256_sign_epi8(lo[c], lo[c]), _mm256_sign_epi8(bcast4(xb + 8 * c), lo[c]));
+      dot = dot4_add(dot, _mm256_sign_epi8(hi[c], hi[c]), _mm256_sign_epi8(bcast4(xb + 8 * c + 4), hi[c]));
     }
     return dot;
   } else {
+#ifdef __AVXVNNI__
+    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();  // two chains: each add waits on the last
+    for (int c = 0; c < 4; ++c) {
+      a = _mm256_dpbusd_avx_epi32(a, lo[c], bcast4(xb + 8 * c));
+      b = _mm256_dpbusd_avx_epi32(b, hi[c], bcast4(xb + 8 * c + 4));
+    }
+    return _mm256_add_epi32(a, b);
+#else
     // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
     // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
+    const __m256i ones16 = _mm256_set1_epi16(1);
     __m256i s[4];
     chunk_sums16(lo, hi, xb, s);
     if constexpr (FIVE_BITS<T>)
       return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
     else
       return _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
+#endif
   }
 }
 
@@ -211,7 +219,6 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, con
     if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
     __m256i dot[TM][TERMS];
     if constexpr (T == Q8_0) {
-      const __m256i ones16 = _mm256_set1_epi16(1);
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) dot[m][t] = _mm256_setzero_si256();
       for (int c = 0; c < 8; ++c) {
@@ -220,8 +227,7 @@ inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, con
         for (int m = 0; m < TM; ++m)
           for (int t = 0; t < TERMS; ++t) {
             const __m256i xv = _mm256_sign_epi8(bcast4(xq + (m * TERMS + t) * k + 32 * b + 4 * c), w);
-            // |pair sums| <= 2 * 128 * 127 fit int16; widen to int32 before adding chunks
-            dot[m][t] = _mm256_add_epi32(dot[m][t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xv), ones16));
+            dot[m][t] = dot4_add(dot[m][t], aw, xv);  // |pair sums| <= 2 * 128 * 127
           }
       }
     } else {  // the block's 32 nibbles of each of the 8 rows, unpacked once for all rows of x

@@ -93,6 +93,17 @@ inline __m256i bcast4(const int8_t* p) {  // 4 int8 values repeated in all 8 lan
   return _mm256_set1_epi32(v);
 }
 
+// acc + the dot products of each 4-byte group of u (unsigned) with s's (signed), in int32 lanes:
+// one AVX-VNNI instruction where the build has it (kernels.py), else pair sums in int16
+// (saturating: callers keep |u * s| pair sums below 2^15) widened by a multiply-add with ones.
+inline __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
 // Each chunk's int16 pair sums of unsigned values (lo, hi: as nibble_dot) with 32 int8 values
 // at xb: s[c] holds, in row r's two lanes, its products with values 8c .. 8c+7. Summed as a
 // tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
