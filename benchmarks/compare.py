@@ -4,6 +4,15 @@
     pip install llama-cpp-python                # the llama.cpp peer (its own setup step)
     python benchmarks/compare.py [--threads 2] [--rounds 2] [--only decode prefill batch load ppl hf]
 
+On CPUs with AMX (Intel Sapphire Rapids and later) llama.cpp's AMX backend crashes in
+ggml_backend_amx_mul_mat on quantized files (llama.cpp issue #20824; seen here with 0.3.36);
+build the peer without it, its other x86 kernels as -march=native would pick them:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+      -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python
+
 llamaherd runs with its defaults (float-accurate activations); the decode, prefill and
 batch tables add an "int8-x" column: --int8-activations, which rounds activations to int8
 once before each quantized product, as llama.cpp does.

@@ -64,6 +64,9 @@ def _llama3_scaled(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(medium, blended, out)
 
 
+MIN_QUERY_CHUNK = 64  # queries per attention call in a long prefill (causal_attention), at least
+
+
 def causal_attention(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor
 ) -> torch.Tensor:
@@ -90,9 +93,6 @@ def causal_attention(
             q[:, :, c0:c1], keys[:, :, :end], values[:, :, :end], attn_mask=mask[:, :, c0:c1, :end], enable_gqa=gqa,
         ))
     return torch.cat(outs, dim=2)
-
-
-MIN_QUERY_CHUNK = 64  # queries per attention call in a long prefill (causal_attention), at least
 
 
 class Attention(nn.Module):
