@@ -1,6 +1,8 @@
 """Quantized Linear layers: GGUF blocks on the native kernels and torch fallbacks, and
 weight-only int8/int4 for float checkpoints, against plain float matmuls."""
 
+import gc
+import mmap
 import os
 
 import numpy as np
@@ -155,6 +157,41 @@ def test_packing_in_chunks_equals_packing_at_once(name, monkeypatch):
     fused = GGUFLinear.concat(parts, release=lambda part, start, nbytes: released.append((parts.index(part), start, nbytes)))
     assert torch.equal(fused.packed, native().pack(raws, int(TYPES[name]), k))
     assert released == [(0, r0 * rb, 16 * rb) for r0 in range(0, 64, 16)] + [(1, 0, 8 * rb)]
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping holding `address` (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_packed_weights_go_on_huge_pages(monkeypatch):
+    """A packed weight of HUGE_PAGE_BYTES or more lives in its own private mapping advised to
+    take huge pages (weight_buffer): the same bytes and products as in torch's own memory,
+    single and fused, and the mapping lives as long as the tensor."""
+    if native() is None or not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no native kernels, or no transparent huge pages (not Linux)")
+    n, k = 64, 512
+    rng = np.random.default_rng(5)
+    raws = [gguf_bytes(rng.standard_normal((n, k), dtype=np.float32), Q.Q4_0) for _ in range(2)]
+    small = [GGUFLinear(raw, int(Q.Q4_0), n, k) for raw in raws]  # below the threshold: torch's memory
+    assert "hg" not in _vm_flags(small[0].packed.data_ptr())
+    monkeypatch.setattr(gguf_linear, "HUGE_PAGE_BYTES", 1)
+    big = GGUFLinear(raws[0], int(Q.Q4_0), n, k)
+    fused = GGUFLinear.concat([GGUFLinear(raw, int(Q.Q4_0), n, k, pack=False) for raw in raws])
+    gc.collect()
+    x = torch.randn(3, k)
+    for layer, reference in ((big, small[0](x)), (fused, torch.cat([l(x) for l in small], dim=-1))):
+        assert "hg" in _vm_flags(layer.packed.data_ptr())  # MADV_HUGEPAGE
+        assert torch.equal(layer(x), reference)
+    assert torch.equal(big.packed, small[0].packed)
 
 
 def _peak_kib() -> int:

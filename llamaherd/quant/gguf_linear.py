@@ -37,6 +37,7 @@ The float paths compute x @ dequantize(W)^T up to the order of float additions.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
 import torch
@@ -54,6 +55,7 @@ NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLTyp
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
+HUGE_PAGE_BYTES = 2 << 20  # packed weights this large go on huge pages (weight_buffer)
 
 _scratch: dict[torch.device, torch.Tensor] = {}
 Release = Callable[["GGUFLinear", int, int], None]  # (layer, start, nbytes): its source bytes were copied
@@ -64,6 +66,20 @@ def _scratch_buffer(numel: int, device: torch.device) -> torch.Tensor:
     if buf is None or buf.numel() < numel:
         buf = _scratch[device] = torch.empty(numel, dtype=torch.float32, device=device)
     return buf[:numel]
+
+
+def weight_buffer(nbytes: int) -> torch.Tensor:
+    """An uninitialised uint8 tensor of nbytes for a packed weight, on 2 MiB pages where Linux
+    gives them: transparent huge pages, in their usual "madvise" mode, go only to memory that
+    asks. Decoding streams every weight once a token; on 4 KiB pages each page costs a TLB
+    miss and the hardware prefetcher stops at its end. TinyLlama-shaped, 2 threads, decode
+    on 4 KiB -> huge pages: Q4_0 33-35 -> 36-38 tokens/s, with int8 activations 38-40 ->
+    42-44, Q8_0 20.5-21 -> 23-24 (393 of the 553 MiB got huge pages); same load time and RSS."""
+    if nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):  # small, or not Linux
+        return torch.empty(nbytes, dtype=torch.uint8)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # private: shared anonymous memory is shmem, not THP
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps buf (and its pages) alive
 
 
 def row_bytes(ggml_type: int, row_len: int) -> int:
@@ -100,7 +116,7 @@ class GGUFLinear(nn.Module):
         `release`: see _pack_into."""
         if not self.packable():
             return False
-        packed = torch.empty(self._packed_bytes(), dtype=torch.uint8)
+        packed = weight_buffer(self._packed_bytes())
         self._pack_into(packed, release)
         self.packed, self.raw = packed, None
         return True
@@ -137,7 +153,7 @@ class GGUFLinear(nn.Module):
         ):
             return None
         sizes = [l._packed_bytes() for l in layers]
-        packed = torch.empty(sum(sizes), dtype=torch.uint8)
+        packed = weight_buffer(sum(sizes))
         for l, part in zip(layers, packed.split(sizes)):
             l._pack_into(part, release)
         fused = cls.__new__(cls)
