@@ -61,15 +61,16 @@ def reference_attention(q, k, v, rotation, cache_k, cache_v, rows, positions):
 
 
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 16), (8, 2, 64), (9, 3, 64), (4, 2, 128), (2, 1, 20)])
-def test_decode_attention_matches_sdpa(heads, kv_heads, head_dim):
+@pytest.mark.parametrize("span", [40, 1500])  # 1500: enough keys for the native op to use every thread
+def test_decode_attention_matches_sdpa(heads, kv_heads, head_dim, span):
     """Batched decode: rows of different lengths, cache rows picked out of order, GQA."""
     cfg = ModelConfig(dim=heads * head_dim, n_layers=2, n_heads=heads, n_kv_heads=kv_heads, vocab_size=10, ffn_dim=8)
-    cache = KVCache(cfg, batch_size=4, max_seq_len=40)
+    cache = KVCache(cfg, batch_size=4, max_seq_len=span)
     cache.k.normal_()
     cache.v.normal_()
     ref_k, ref_v = cache.k[1].clone(), cache.v[1].clone()
     b = 3
-    rows, positions = torch.tensor([2, 0, 3]), torch.tensor([[5], [0], [39]])
+    rows, positions = torch.tensor([2, 0, 3]), torch.tensor([[5], [0], [span - 1]])
     q, k, v = torch.randn(b, 1, heads, head_dim), torch.randn(b, 1, kv_heads, head_dim), torch.randn(b, 1, kv_heads, head_dim)
     angles = positions.unsqueeze(-1) * torch.rand(head_dim // 2) * 0.5
     rotation = torch.polar(torch.ones_like(angles), angles).unsqueeze(2)
