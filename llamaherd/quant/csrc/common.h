@@ -78,14 +78,16 @@ inline float hsum(__m256 v) {
 constexpr int MAX_M = 8;  // rows of x handled together in one pass over the weights
 // A single core's hardware prefetch leaves DRAM bandwidth unused when it streams weights:
 // the packed and float kernels ask for bytes PREFETCH_BYTES ahead, into L2 (hint T1). Measured
-// on a 2-core EPYC, 2 threads, every layer of TinyLlama-shaped weights in turn (far beyond the
-// caches), one row of x, against 2 KiB (packed) and 1 KiB (float) into L1 (T0): Q4_0 19.5 ->
-// 23.6 GB/s with int8 activations, 15.9 -> 19.7 with three terms, Q8_0 20.6 -> 26.2, F16
-// 23.1 -> 28.2 (read bandwidth 25 GB/s); T1 at 6 and 8 KiB no better, at 2 KiB 2-6% worse.
+// on a 2-core Intel Xeon VM, 2 threads, every layer of TinyLlama-shaped weights in turn (Q4_0
+// 518 MiB; the VM reports a shared 480 MiB L3), one row of x, against 2 KiB (packed) and 1 KiB
+// (float) into L1 (T0): Q4_0 19.5 -> 23.6 GB/s with int8 activations, 15.9 -> 19.7 with three
+// terms, Q8_0 20.6 -> 26.2, F16 23.1 -> 28.2 (a 1 GiB read: 25 GB/s); decoding 1.2-1.35x
+// faster. T1 at 6 and 8 KiB no better, at 2 KiB 2-6% worse.
 constexpr int64_t PREFETCH_BYTES = 4096;
 inline void prefetch_l2(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T1); }
-// The k-quant kernel does better asking further ahead (measured on the same machine: Q4_K_M
-// decode 8% faster at 8 KiB than at 2 KiB, 16 KiB no better), into L1.
+// The k-quant kernel on the file's bytes (kquant_kernels.cpp) did better asking further ahead
+// into L1 on a 2-core AMD EPYC (Q4_K_M decode 8% faster at 8 KiB than at 2 KiB, 16 KiB no
+// better); not measured again since.
 constexpr int64_t KQUANT_PREFETCH_BYTES = 8192;
 constexpr int64_t PARALLEL_MIN_BYTES = 256 << 10;  // weight bytes (per x tile) worth a second thread
 
