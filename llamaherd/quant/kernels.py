@@ -28,13 +28,14 @@ CSRC = Path(__file__).with_name("csrc")
 BASE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return set()
+        return frozenset()
     try:
-        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+        return frozenset(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     except (OSError, StopIteration):
-        return set()
+        return frozenset()
 
 
 def _cpu_supports_avx2() -> bool:
@@ -42,7 +43,7 @@ def _cpu_supports_avx2() -> bool:
 
 
 # Where the CPU has AVX-VNNI (Intel since Alder Lake and Sapphire Rapids, AMD since Zen 5) the
-# integer kernels add 4 byte products into int32 in one instruction, not three (common.h
+# integer kernels add 4 byte products into int32 in one instruction, not three (packed_layout.h
 # dot4_add); the flags are part of the build's hash, so each kind of CPU gets its own build.
 FLAGS = BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
 
