@@ -123,15 +123,18 @@ LAST_ANSWER = "(() => { const a = document.querySelectorAll('.msg.assistant'); c
 
 def test_the_chat_page_streams_an_answer(server, browser, tmp_path):
     open_chat_page(browser, server.url)
-    browser.js("document.getElementById('max-tokens').value = '16'; document.getElementById('temperature').value = '0'")
-    browser.type_and_enter("What is the capital of France?")
-
-    seen_while_streaming = []
+    # an answer of dozens of tokens: a one-line one can arrive whole, in one read of the stream
+    browser.js("document.getElementById('max-tokens').value = '48'; document.getElementById('temperature').value = '0'")
+    # The page records the answer's text at every change while it streams: polling from here
+    # missed a short answer that streamed in between two polls.
+    browser.js("window.seenWhileStreaming = []; new MutationObserver(() => {"
+               " const a = document.querySelectorAll('.msg.assistant'); const m = a[a.length - 1];"
+               " if (m && m.dataset.streaming === 'true' && m.textContent) window.seenWhileStreaming.push(m.textContent);"
+               " }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true})")
+    browser.type_and_enter("Tell me about the capital of France.")
 
     def answered():
         state = browser.js(LAST_ANSWER)
-        if state and state[1] == "true" and state[0]:
-            seen_while_streaming.append(state[0])
         return state if state and state[1] == "false" else None
 
     text, _ = wait_for(answered, timeout=180, interval=0.05)
@@ -139,7 +142,9 @@ def test_the_chat_page_streams_an_answer(server, browser, tmp_path):
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     browser.screenshot(screenshot)
     assert text.strip(), "no answer text appeared"
-    assert seen_while_streaming, "the answer did not appear piece by piece"
+    seen_while_streaming = browser.js("window.seenWhileStreaming")
+    # piece by piece: texts that grew while the answer streamed, before it was whole
+    assert seen_while_streaming and len(seen_while_streaming[0]) < len(text), "the answer did not appear piece by piece"
     assert browser.js("document.querySelectorAll('.msg.user').length") == 1
     assert screenshot.stat().st_size > 1000
 
@@ -153,7 +158,8 @@ def test_the_chat_page_streams_an_answer(server, browser, tmp_path):
 
 def test_the_stop_button_ends_the_answer_and_frees_the_row(server, browser):
     open_chat_page(browser, server.url)
-    browser.js("document.getElementById('max-tokens').value = '120'")
+    # greedy and long (SmolLM2 counts on for hundreds of tokens): still streaming when stopped
+    browser.js("document.getElementById('max-tokens').value = '400'; document.getElementById('temperature').value = '0'")
     browser.type_and_enter("Count from 1 to 100, one number per line.")
     wait_for(lambda: (s := browser.js(LAST_ANSWER)) and s[0], timeout=180, interval=0.05)
     assert browser.js("document.getElementById('stop').disabled") is False
