@@ -261,6 +261,9 @@ def interleaved_best_rates(engines: list[str], kind: str, path: Path, args, toke
     return tuple(max((r for r, _ in rates.get(e, []) if r), default=None) for e in ("llamaherd", "llamacpp"))
 
 
+INT8_X = "llamaherd int8-x"  # an engine for interleaved_rounds: llamaherd with --int8-activations
+
+
 def interleaved_rounds(engines: list[str], kind: str, path: Path, args, tokens: int, bandwidth: bool = False) -> dict:
     """Per engine, each round's (tokens/s, read bandwidth measured just before that run, or None).
     This machine's bandwidth swings by a third within minutes, so a decode rate is compared
@@ -273,9 +276,6 @@ def interleaved_rounds(engines: list[str], kind: str, path: Path, args, tokens: 
                 run_worker(e, kind, path, args, tokens=tokens)
             res[e].append((r["tps"] if r else None, bw))
     return res
-
-
-INT8_X = "llamaherd int8-x"  # an engine for interleaved_rounds: llamaherd with --int8-activations
 
 
 def best_with_bandwidth(rounds: list) -> tuple:

@@ -25,9 +25,10 @@ Nothing is decoded to float32 at load time. Products are computed
     registers; for many rows by BLAS, on F32's own bytes or on a run of 16-bit rows decoded
     into a scratch buffer.
   * IQ4_XS, and the k-quants where they are not packed (native kernels): on the
-    memory-mapped bytes, a 256-value super-block at a time, in integers with a few rows of x carried by int8 terms as above but with one
-    scale per 256 values (GGML's Q8_K), three by default, one with int8_activations; for
-    many rows, runs of rows decoded to float32 for BLAS.
+    memory-mapped bytes, a 256-value super-block at a time, in integers with a few rows of
+    x carried by int8 terms as above but with one scale per 256 values (GGML's Q8_K), three
+    by default, one with int8_activations; for many rows, runs of rows decoded to float32
+    for BLAS.
   * other types, or without the native kernels (no compiler, not x86-64 AVX2, CUDA): on
     the memory-mapped bytes, decoding a run of rows at a time to float32 with the torch
     decoder in ggml_dequant and calling BLAS.
