@@ -46,7 +46,7 @@ def gguf_bytes(w: np.ndarray, qtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])
-@pytest.mark.parametrize("n", [72, 69])  # 69: the packed layout's last group of 8 rows is partial
+@pytest.mark.parametrize("n", [72, 69, 77])  # the packed layout's 9 or 10 groups of 8 rows (AVX-512: taken two at a time), the last partial in 69 and 77
 def test_gguf_linear_equals_dequantized_matmul(name, rows, n):
     k = 512
     w = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32)

@@ -45,7 +45,13 @@ def _cpu_supports_avx2() -> bool:
 # Where the CPU has AVX-VNNI (Intel since Alder Lake and Sapphire Rapids, AMD since Zen 5) the
 # integer kernels add 4 byte products into int32 in one instruction, not three (packed_layout.h
 # dot4_add); the flags are part of the build's hash, so each kind of CPU gets its own build.
-FLAGS = BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
+# Where it has AVX-512 with VNNI (Intel since Ice Lake, AMD since Zen 4) the packed products
+# take two groups of 8 weight rows a register (packed_layout.h Lanes16): on a 2-core Xeon VM,
+# every layer of TinyLlama-shaped Q4_0 with 8 rows of x went 6.0 -> 8.5 GB/s (three terms)
+# and 12.1 -> 14.4 (one term); batch-8 decoding 1.36x faster, one row about the same.
+AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl", "avx512_vnni": "-mavx512vnni"}
+FLAGS = (BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
+         + (list(AVX512_FLAGS.values()) if set(AVX512_FLAGS) <= _cpu_flags() else []))
 
 
 NAME = "llamaherd_ggml_kernels"

@@ -1,5 +1,6 @@
-// The native CPU kernels: matrix products straight on GGML weight bytes, AVX2 + FMA + F16C,
-// and the small fused float32 ops of a decode step. One job a file:
+// The native CPU kernels: matrix products straight on GGML weight bytes, AVX2 + FMA + F16C
+// (the packed products on AVX-512 where the build has it: packed_layout.h Lanes16), and the
+// small fused float32 ops of a decode step. One job a file:
 //
 //   * float_kernels.cpp: F32, F16, BF16: gemm(x, w) for a few rows of x: each weight row is
 //     converted to float in registers and multiplied with every row of x; dequant() decodes
@@ -97,6 +98,11 @@ inline __m256i iq4_levels(__m256i nibbles) {
   const __m128i table = _mm_loadu_si128((const __m128i*)IQ4_LEVELS);
   return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles);
 }
+#ifdef __AVX512BW__
+inline __m512i iq4_levels(__m512i nibbles) {
+  return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)IQ4_LEVELS)), nibbles);
+}
+#endif
 
 // Q4_K / Q5_K's 12 scale bytes -> the 8 six-bit scales and the 8 minimums of the sub-blocks,
 // a byte each (GGML's get_scale_min_k4, 4 sub-blocks at a time): sub-blocks 0-3 in the low 6

@@ -47,6 +47,16 @@ inline void add_fifth_bits(__m256i qh, int c, __m256i& lo, __m256i& hi) {
   hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, hi_bits), hi_bits), five));
 }
 
+#ifdef __AVX512VNNI__
+// The same for two groups' chunks (Lanes16): the byte picks repeat in each 128-bit lane.
+inline void add_fifth_bits(__m512i qh, int c, __m512i& lo, __m512i& hi) {
+  const __m512i pick = _mm512_add_epi8(_mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12)), _mm512_set1_epi8(char(c)));
+  const __m512i bits = _mm512_shuffle_epi8(qh, pick), five = _mm512_set1_epi8(0x10);
+  lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(bits, _mm512_set1_epi32(0x08040201)), lo, five);
+  hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(bits, _mm512_set1_epi32(int(0x80402010u))), hi, five);
+}
+#endif
+
 }  // namespace
 
 // A row's 32-value block `src` (GGML layout) into packed block `dst`, as row r of the 8.
@@ -167,26 +177,25 @@ std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64
   return out;
 }
 
-// The int32 dot products of one packed block's 8 rows (lanes) with 32 int8 values at xb, from
+// The int32 dot products of one packed block's rows (lanes) with 32 int8 values at xb, from
 // the block's nibbles (values 8c..8c+3 of each row in lo[c], 8c+4..8c+7 in hi[c]).
-template <int64_t T>
-inline __m256i nibble_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb) {
+template <int64_t T, class L>
+inline typename L::I nibble_dot(const typename L::I* lo, const typename L::I* hi, const int8_t* xb) {
   if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0 (pair sums <= 2 * 127 * 127)
-    __m256i dot = _mm256_setzero_si256();
+    typename L::I dot = L::zero();
     for (int c = 0; c < 4; ++c) {
-      dot = dot4_add(dot, _mm256_sign_epi8(lo[c], lo[c]), _mm256_sign_epi8(bcast4(xb + 8 * c), lo[c]));
-      dot = dot4_add(dot, _mm256_sign_epi8(hi[c], hi[c]), _mm256_sign_epi8(bcast4(xb + 8 * c + 4), hi[c]));
+      dot = L::dot4(dot, L::magnitude(lo[c]), L::with_sign(L::x4(xb + 8 * c), L::sign_of(lo[c])));
+      dot = L::dot4(dot, L::magnitude(hi[c]), L::with_sign(L::x4(xb + 8 * c + 4), L::sign_of(hi[c])));
     }
     return dot;
-  } else {
-#ifdef __AVXVNNI__
-    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();  // two chains: each add waits on the last
+  } else if constexpr (L::VNNI) {
+    typename L::I a = L::zero(), b = L::zero();  // two chains: each add waits on the last
     for (int c = 0; c < 4; ++c) {
-      a = _mm256_dpbusd_avx_epi32(a, lo[c], bcast4(xb + 8 * c));
-      b = _mm256_dpbusd_avx_epi32(b, hi[c], bcast4(xb + 8 * c + 4));
+      a = L::dot4(a, lo[c], L::x4(xb + 8 * c));
+      b = L::dot4(b, hi[c], L::x4(xb + 8 * c + 4));
     }
-    return _mm256_add_epi32(a, b);
-#else
+    return L::add(a, b);
+  } else {
     // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
     // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
     const __m256i ones16 = _mm256_set1_epi16(1);
@@ -196,102 +205,114 @@ inline __m256i nibble_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb
       return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
     else
       return _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
-#endif
   }
 }
 
-// y[m, 8g .. 8g+7] for TM rows of x, each carried by TERMS int8 terms, against weight group g
-// (8 rows, lanes of one vector). A row's terms are added in integers: the first term's dot
-// product and the others' combined (the first times 128^(TERMS-1) would overflow Q8_0's), both
-// exact in float32 for the 4- and 5-bit types, then one multiply-add joins them: as many float
-// operations as one term.
-template <int64_t T, int TM, int TERMS>
-inline void packed_group_tile(const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
+// y[m, 8g ..] for TM rows of x, each carried by TERMS int8 terms, against L::ROWS / 8 weight
+// groups from g (at gw; the next one `stride` bytes on), a row of the weight a lane. A row's
+// terms are added in integers: the first term's dot product and the others' combined (the
+// first times 128^(TERMS-1) would overflow Q8_0's), both exact in float32 for the 4- and 5-bit
+// types, then one multiply-add joins them: as many float operations as one term.
+template <int64_t T, int TM, int TERMS, class L>
+inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out) {
+  using I = typename L::I;
+  using F = typename L::F;
   const int64_t gb = packed_block_bytes(T);
-  const __m256 top = _mm256_set1_ps(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
-  __m256 acc[TM] = {};
+  const F top = L::all(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
+  F acc[TM];
+  for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = gw + b * gb;
-    prefetch_ahead(blk, gb);
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
-    __m256 mw;
-    if constexpr (HAS_MIN<T>) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16)));
-    __m256i dot[TM][TERMS];
+    L::prefetch(blk, gb, stride);
+    const F dw = L::halves(blk, stride);
+    F mw;
+    if constexpr (HAS_MIN<T>) mw = L::halves(blk + 16, stride);
+    I dot[TM][TERMS];
     if constexpr (T == Q8_0) {
       for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) dot[m][t] = _mm256_setzero_si256();
+        for (int t = 0; t < TERMS; ++t) dot[m][t] = L::zero();
       for (int c = 0; c < 8; ++c) {
-        const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
-        const __m256i aw = _mm256_sign_epi8(w, w);  // |w| as unsigned bytes; the sign moves onto x
+        const I w = L::chunk(blk + 16 + 32 * c, stride);
+        const I aw = L::magnitude(w);  // |w| as unsigned bytes; the sign moves onto x
+        const typename L::Sign sw = L::sign_of(w);
         for (int m = 0; m < TM; ++m)
-          for (int t = 0; t < TERMS; ++t) {
-            const __m256i xv = _mm256_sign_epi8(bcast4(xq + (m * TERMS + t) * k + 32 * b + 4 * c), w);
-            dot[m][t] = dot4_add(dot[m][t], aw, xv);  // |pair sums| <= 2 * 128 * 127
-          }
+          for (int t = 0; t < TERMS; ++t)  // |pair sums| <= 2 * 128 * 127
+            dot[m][t] = L::dot4(dot[m][t], aw, L::with_sign(L::x4(xq + (m * TERMS + t) * k + 32 * b + 4 * c), sw));
       }
-    } else {  // the block's 32 nibbles of each of the 8 rows, unpacked once for all rows of x
-      const __m256i low4 = _mm256_set1_epi8(0x0F);
+    } else {  // the block's 32 nibbles of each row, unpacked once for all rows of x
       const uint8_t* qv = blk + PACKED_QS<T>;
-      __m256i lo[4], hi[4], qh;
-      if constexpr (FIVE_BITS<T>) qh = _mm256_loadu_si256((const __m256i*)(blk + PACKED_QH<T>));
+      I lo[4], hi[4], qh;
+      if constexpr (FIVE_BITS<T>) qh = L::chunk(blk + PACKED_QH<T>, stride);
       for (int c = 0; c < 4; ++c) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qv + 32 * c));
-        lo[c] = _mm256_and_si256(raw, low4);
-        hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        const I raw = L::chunk(qv + 32 * c, stride);
+        lo[c] = L::low4(raw);
+        hi[c] = L::high4(raw);
         if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, lo[c], hi[c]);
         if constexpr (LEVELS<T>) lo[c] = iq4_levels(lo[c]), hi[c] = iq4_levels(hi[c]);
       }
       for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) dot[m][t] = nibble_dot<T>(lo, hi, xq + (m * TERMS + t) * k + 32 * b);
+        for (int t = 0; t < TERMS; ++t) dot[m][t] = nibble_dot<T, L>(lo, hi, xq + (m * TERMS + t) * k + 32 * b);
     }
     for (int m = 0; m < TM; ++m) {
       const BlockTerms& x = bt[m * nb + b];
       // values q - OFFSET: sum_v (q_v - OFFSET) x_v = dot - OFFSET * sum(x), exact in float32
       // (first term |dot| <= 32 * 31 * 127, the rest <= 129 * 32 * 31 * 64: below 2^24)
       constexpr bool offset = !HAS_MIN<T> && !LEVELS<T> && T != Q8_0;
-      const __m256 minus_offset = _mm256_set1_ps(-float(OFFSET<T>));
-      __m256 f = _mm256_cvtepi32_ps(dot[m][0]);
-      if constexpr (offset) f = _mm256_fmadd_ps(_mm256_set1_ps(x.s0), minus_offset, f);
+      const F minus_offset = L::all(-float(OFFSET<T>));
+      F f = L::to_float(dot[m][0]);
+      if constexpr (offset) f = L::fmadd(L::all(x.s0), minus_offset, f);
       if constexpr (TERMS > 1) {
-        __m256i tail = dot[m][1];
-        for (int t = 2; t < TERMS; ++t) tail = _mm256_add_epi32(_mm256_slli_epi32(tail, TERM_SHIFT), dot[m][t]);
-        __m256 ft = _mm256_cvtepi32_ps(tail);
-        if constexpr (offset) ft = _mm256_fmadd_ps(_mm256_set1_ps(x.tail), minus_offset, ft);
-        f = _mm256_fmadd_ps(f, top, ft);
+        I tail = dot[m][1];
+        for (int t = 2; t < TERMS; ++t) tail = L::add(L::shift_left(tail, TERM_SHIFT), dot[m][t]);
+        F ft = L::to_float(tail);
+        if constexpr (offset) ft = L::fmadd(L::all(x.tail), minus_offset, ft);
+        f = L::fmadd(f, top, ft);
       }
-      acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(x.e)), f, acc[m]);
-      if constexpr (HAS_MIN<T>) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.all), acc[m]);
+      acc[m] = L::fmadd(L::mul(dw, L::all(x.e)), f, acc[m]);
+      if constexpr (HAS_MIN<T>) acc[m] = L::fmadd(mw, L::all(x.all), acc[m]);
     }
   }
-  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
+  for (int m = 0; m < TM; ++m) L::store(out + L::ROWS * m, acc[m]);
 }
 
-constexpr int PACKED_TM = 4;  // x rows per pass over a weight group (16 vector registers)
+constexpr int PACKED_TM = 4;  // x rows per pass over the weight groups (Lanes8: 16 vector registers)
 
-template <int64_t T, int TERMS>
-void packed_tile(int64_t tm, const uint8_t* gw, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out8) {
+template <int64_t T, int TERMS, class L>
+void packed_tile(int64_t tm, const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out) {
   switch (tm) {
-    case 1: return packed_group_tile<T, 1, TERMS>(gw, nb, a, bt, m0, k, out8);
-    case 2: return packed_group_tile<T, 2, TERMS>(gw, nb, a, bt, m0, k, out8);
-    case 3: return packed_group_tile<T, 3, TERMS>(gw, nb, a, bt, m0, k, out8);
-    default: return packed_group_tile<T, 4, TERMS>(gw, nb, a, bt, m0, k, out8);
+    case 1: return packed_group_tile<T, 1, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
+    case 2: return packed_group_tile<T, 2, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
+    case 3: return packed_group_tile<T, 3, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
+    default: return packed_group_tile<T, 4, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
   }
 }
 
 // y [m, n] = the products of the m rows of x, each carried by `terms` int8 terms in `a` (see
-// quantize_act). Threads split the weight groups, so they write apart.
+// quantize_act), WideLanes' rows at a time (an odd last group: Lanes8). Threads split the
+// weight groups, so they write apart.
 template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
-  const int64_t nb = k / 32, gb = packed_block_bytes(T);
+  const int64_t nb = k / 32, gb = packed_block_bytes(T), stride = nb * gb, groups = groups_of(n);
+  constexpr int WIDE = WideLanes::ROWS / 8;
   const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms);
-  for_group_tiles<PACKED_TM>(m, n, nb * gb, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out8) {
-    const uint8_t* gw = w + g * nb * gb;
+  for_group_tiles<PACKED_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
+    const uint8_t* gw = w + g * stride;
     const BlockTerms* rows = bt.data() + m0 * nb;
+    if (g + WIDE > groups) {  // the last group alone, into the tile's first 8 columns of each row
+      alignas(32) float out8[8 * PACKED_TM];
+      switch (terms) {
+        case 1: packed_tile<T, 1, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8); break;
+        case 2: packed_tile<T, 2, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8); break;
+        default: packed_tile<T, 3, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8);
+      }
+      for (int64_t i = 0; i < tm; ++i) std::memcpy(out + WideLanes::ROWS * i, out8 + 8 * i, 8 * sizeof(float));
+      return;
+    }
     switch (terms) {
-      case 1: return packed_tile<T, 1>(tm, gw, nb, a, rows, m0, k, out8);
-      case 2: return packed_tile<T, 2>(tm, gw, nb, a, rows, m0, k, out8);
-      default: return packed_tile<T, 3>(tm, gw, nb, a, rows, m0, k, out8);
+      case 1: return packed_tile<T, 1, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
+      case 2: return packed_tile<T, 2, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
+      default: return packed_tile<T, 3, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
     }
   });
 }

@@ -104,6 +104,83 @@ inline __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+// The packed products' vector widths: Lanes8 holds one group's 8 rows (AVX2, a 32-byte chunk a
+// register); Lanes16 two groups' 16 rows (AVX-512, chunk c of groups g and g+1 side by side),
+// which halves the instructions per weight byte where the integer work bounds the speed (x
+// carried by three terms, or many rows of x). A tile written once over L runs at either width;
+// per lane the operations are the same, so both give the same floats. `stride` is the bytes
+// from group g's block to group g+1's (unused by Lanes8).
+struct Lanes8 {
+  using I = __m256i;
+  using F = __m256;
+  using Sign = __m256i;  // a weight's signs, to move onto x (with_sign)
+  static constexpr int ROWS = 8;
+#ifdef __AVXVNNI__
+  static constexpr bool VNNI = true;
+#else
+  static constexpr bool VNNI = false;
+#endif
+  static I chunk(const uint8_t* p, int64_t) { return _mm256_loadu_si256((const __m256i*)p); }
+  static F halves(const uint8_t* p, int64_t) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  static void prefetch(const uint8_t* blk, int64_t bytes, int64_t) { prefetch_ahead(blk, bytes); }
+  static I bytes(char v) { return _mm256_set1_epi8(v); }
+  static I low4(I raw) { return _mm256_and_si256(raw, bytes(0x0F)); }
+  static I high4(I raw) { return _mm256_and_si256(_mm256_srli_epi16(raw, 4), bytes(0x0F)); }
+  static I x4(const int8_t* p) { return bcast4(p); }
+  static I zero() { return _mm256_setzero_si256(); }
+  static I dot4(I acc, I u, I s) { return dot4_add(acc, u, s); }
+  static I magnitude(I w) { return _mm256_sign_epi8(w, w); }
+  static Sign sign_of(I w) { return w; }
+  static I with_sign(I x, Sign w) { return _mm256_sign_epi8(x, w); }  // where w is 0, |w| is too: any x
+  static I add(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I shift_left(I a, int bits) { return _mm256_slli_epi32(a, bits); }
+  static F to_float(I a) { return _mm256_cvtepi32_ps(a); }
+  static F all(float v) { return _mm256_set1_ps(v); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+};
+
+#ifdef __AVX512VNNI__
+struct Lanes16 {
+  using I = __m512i;
+  using F = __m512;
+  using Sign = __mmask64;
+  static constexpr int ROWS = 16;
+  static constexpr bool VNNI = true;
+  static I chunk(const uint8_t* p, int64_t stride) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)p)), _mm256_loadu_si256((const __m256i*)(p + stride)), 1);
+  }
+  static F halves(const uint8_t* p, int64_t stride) {
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)p)), _mm_loadu_si128((const __m128i*)(p + stride)), 1));
+  }
+  static void prefetch(const uint8_t* blk, int64_t bytes, int64_t stride) { prefetch_ahead(blk, bytes), prefetch_ahead(blk + stride, bytes); }
+  static I bytes(char v) { return _mm512_set1_epi8(v); }
+  static I low4(I raw) { return _mm512_and_si512(raw, bytes(0x0F)); }
+  static I high4(I raw) { return _mm512_and_si512(_mm512_srli_epi16(raw, 4), bytes(0x0F)); }
+  static I x4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static I zero() { return _mm512_setzero_si512(); }
+  static I dot4(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  static I magnitude(I w) { return _mm512_abs_epi8(w); }
+  static Sign sign_of(I w) { return _mm512_movepi8_mask(w); }
+  static I with_sign(I x, Sign negative) { return _mm512_mask_sub_epi8(x, negative, zero(), x); }  // |x| <= 127: no overflow
+  static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I shift_left(I a, int bits) { return _mm512_slli_epi32(a, bits); }
+  static F to_float(I a) { return _mm512_cvtepi32_ps(a); }
+  static F all(float v) { return _mm512_set1_ps(v); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+};
+using WideLanes = Lanes16;  // the packed products' width on this build
+#else
+using WideLanes = Lanes8;
+#endif
+
 // Each chunk's int16 pair sums of unsigned values (lo, hi: as nibble_dot) with 32 int8 values
 // at xb: s[c] holds, in row r's two lanes, its products with values 8c .. 8c+7. Summed as a
 // tree, not a chain: 25% faster (measured, 15 -> 12 cycles a row-block).
@@ -112,20 +189,22 @@ inline void chunk_sums16(const __m256i* lo, const __m256i* hi, const int8_t* xb,
     s[c] = _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], bcast4(xb + 8 * c)), _mm256_maddubs_epi16(hi[c], bcast4(xb + 8 * c + 4)));
 }
 
-// y [m, n] by tiles over a packed weight: tile(g, m0, tm, out) fills out [tm][8] with rows
-// m0 .. m0+tm of y against weight group g (rows 8g .. 8g+7); threads split the groups, so they
-// write apart. Small products run on one thread: waking another costs tens of microseconds.
-template <int TM, class Tile>
+// y [m, n] by tiles over a packed weight: tile(g, m0, tm, out) fills out [tm][8 * GROUPS] with
+// rows m0 .. m0+tm of y against weight groups g .. g+GROUPS-1 (rows 8g ..; the last tile may
+// have fewer groups: its extra columns are not read); threads split the groups, so they write
+// apart. Small products run on one thread: waking another costs tens of microseconds.
+template <int TM, int GROUPS = 1, class Tile>
 void for_group_tiles(int64_t m, int64_t n, int64_t group_bytes, int64_t terms, float* y, Tile tile) {
-  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (group_bytes * std::max<int64_t>(1, m * terms / 4)));
-  at::parallel_for(0, groups_of(n), grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float out8[8 * TM];
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t cols = std::min<int64_t>(8, n - 8 * g);
+  const int64_t tile_bytes = GROUPS * group_bytes;
+  const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (tile_bytes * std::max<int64_t>(1, m * terms / 4)));
+  at::parallel_for(0, (groups_of(n) + GROUPS - 1) / GROUPS, grain, [&](int64_t u0, int64_t u1) {
+    alignas(64) float out[8 * GROUPS * TM];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t g = u * GROUPS, cols = std::min<int64_t>(8 * GROUPS, n - 8 * g);
       for (int64_t m0 = 0; m0 < m; m0 += TM) {
         const int64_t tm = std::min<int64_t>(TM, m - m0);
-        tile(g, m0, tm, out8);
-        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out8 + 8 * i, cols * sizeof(float));
+        tile(g, m0, tm, out);
+        for (int64_t i = 0; i < tm; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out + 8 * GROUPS * i, cols * sizeof(float));
       }
     }
   });
