@@ -208,17 +208,54 @@ inline typename L::I nibble_dot(const typename L::I* lo, const typename L::I* hi
   }
 }
 
+// A packed block's values of each row (lanes), the nibble types' (Q8_0's are its chunks as
+// they are): values 8c..8c+3 in lo[c], 8c+4..8c+7 in hi[c], the fifth bits added, or the
+// IQ4_NL levels looked up.
+template <int64_t T, class L>
+inline void block_nibbles(const uint8_t* blk, int64_t stride, typename L::I lo[4], typename L::I hi[4]) {
+  typename L::I qh;
+  if constexpr (FIVE_BITS<T>) qh = L::chunk(blk + PACKED_QH<T>, stride);
+  for (int c = 0; c < 4; ++c) {
+    const typename L::I raw = L::chunk(blk + PACKED_QS<T> + 32 * c, stride);
+    lo[c] = L::low4(raw);
+    hi[c] = L::high4(raw);
+    if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, lo[c], hi[c]);
+    if constexpr (LEVELS<T>) lo[c] = iq4_levels(lo[c]), hi[c] = iq4_levels(hi[c]);
+  }
+}
+
+// acc += one block's products of a row of x (its TERMS dot products with each weight row, dot)
+// as floats: dw (and mw) are the weight rows' scales (and minimums). A row's terms are added in
+// integers: the first term's dot product and the others' combined (the first times
+// 128^(TERMS-1) would overflow Q8_0's), both exact in float32 for the 4- and 5-bit types, then
+// one multiply-add joins them: as many float operations as one term.
+template <int64_t T, int TERMS, class L>
+inline void add_block(const typename L::I* dot, const BlockTerms& x, typename L::F dw, typename L::F mw, typename L::F& acc) {
+  using F = typename L::F;
+  // values q - OFFSET: sum_v (q_v - OFFSET) x_v = dot - OFFSET * sum(x), exact in float32
+  // (first term |dot| <= 32 * 31 * 127, the rest <= 129 * 32 * 31 * 64: below 2^24)
+  constexpr bool offset = !HAS_MIN<T> && !LEVELS<T> && T != Q8_0;
+  const F minus_offset = L::all(-float(OFFSET<T>));
+  F f = L::to_float(dot[0]);
+  if constexpr (offset) f = L::fmadd(L::all(x.s0), minus_offset, f);
+  if constexpr (TERMS > 1) {
+    typename L::I tail = dot[1];
+    for (int t = 2; t < TERMS; ++t) tail = L::add(L::shift_left(tail, TERM_SHIFT), dot[t]);
+    F ft = L::to_float(tail);
+    if constexpr (offset) ft = L::fmadd(L::all(x.tail), minus_offset, ft);
+    f = L::fmadd(f, L::all(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1))), ft);
+  }
+  acc = L::fmadd(L::mul(dw, L::all(x.e)), f, acc);
+  if constexpr (HAS_MIN<T>) acc = L::fmadd(mw, L::all(x.all), acc);
+}
+
 // y[m, 8g ..] for TM rows of x, each carried by TERMS int8 terms, against L::ROWS / 8 weight
-// groups from g (at gw; the next one `stride` bytes on), a row of the weight a lane. A row's
-// terms are added in integers: the first term's dot product and the others' combined (the
-// first times 128^(TERMS-1) would overflow Q8_0's), both exact in float32 for the 4- and 5-bit
-// types, then one multiply-add joins them: as many float operations as one term.
+// groups from g (at gw; the next one `stride` bytes on), a row of the weight a lane.
 template <int64_t T, int TM, int TERMS, class L>
 inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out) {
   using I = typename L::I;
   using F = typename L::F;
   const int64_t gb = packed_block_bytes(T);
-  const F top = L::all(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1)));
   F acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
@@ -226,8 +263,7 @@ inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, con
     const uint8_t* blk = gw + b * gb;
     L::prefetch(blk, gb, stride);
     const F dw = L::halves(blk, stride);
-    F mw;
-    if constexpr (HAS_MIN<T>) mw = L::halves(blk + 16, stride);
+    const F mw = HAS_MIN<T> ? L::halves(blk + 16, stride) : L::all(0.f);
     I dot[TM][TERMS];
     if constexpr (T == Q8_0) {
       for (int m = 0; m < TM; ++m)
@@ -241,37 +277,12 @@ inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, con
             dot[m][t] = L::dot4(dot[m][t], aw, L::with_sign(L::x4(xq + (m * TERMS + t) * k + 32 * b + 4 * c), sw));
       }
     } else {  // the block's 32 nibbles of each row, unpacked once for all rows of x
-      const uint8_t* qv = blk + PACKED_QS<T>;
-      I lo[4], hi[4], qh;
-      if constexpr (FIVE_BITS<T>) qh = L::chunk(blk + PACKED_QH<T>, stride);
-      for (int c = 0; c < 4; ++c) {
-        const I raw = L::chunk(qv + 32 * c, stride);
-        lo[c] = L::low4(raw);
-        hi[c] = L::high4(raw);
-        if constexpr (FIVE_BITS<T>) add_fifth_bits(qh, c, lo[c], hi[c]);
-        if constexpr (LEVELS<T>) lo[c] = iq4_levels(lo[c]), hi[c] = iq4_levels(hi[c]);
-      }
+      I lo[4], hi[4];
+      block_nibbles<T, L>(blk, stride, lo, hi);
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) dot[m][t] = nibble_dot<T, L>(lo, hi, xq + (m * TERMS + t) * k + 32 * b);
     }
-    for (int m = 0; m < TM; ++m) {
-      const BlockTerms& x = bt[m * nb + b];
-      // values q - OFFSET: sum_v (q_v - OFFSET) x_v = dot - OFFSET * sum(x), exact in float32
-      // (first term |dot| <= 32 * 31 * 127, the rest <= 129 * 32 * 31 * 64: below 2^24)
-      constexpr bool offset = !HAS_MIN<T> && !LEVELS<T> && T != Q8_0;
-      const F minus_offset = L::all(-float(OFFSET<T>));
-      F f = L::to_float(dot[m][0]);
-      if constexpr (offset) f = L::fmadd(L::all(x.s0), minus_offset, f);
-      if constexpr (TERMS > 1) {
-        I tail = dot[m][1];
-        for (int t = 2; t < TERMS; ++t) tail = L::add(L::shift_left(tail, TERM_SHIFT), dot[m][t]);
-        F ft = L::to_float(tail);
-        if constexpr (offset) ft = L::fmadd(L::all(x.tail), minus_offset, ft);
-        f = L::fmadd(f, top, ft);
-      }
-      acc[m] = L::fmadd(L::mul(dw, L::all(x.e)), f, acc[m]);
-      if constexpr (HAS_MIN<T>) acc[m] = L::fmadd(mw, L::all(x.all), acc[m]);
-    }
+    for (int m = 0; m < TM; ++m) add_block<T, TERMS, L>(dot[m], bt[m * nb + b], dw, mw, acc[m]);
   }
   for (int m = 0; m < TM; ++m) L::store(out + L::ROWS * m, acc[m]);
 }
@@ -290,7 +301,9 @@ void packed_tile(int64_t tm, const uint8_t* gw, int64_t stride, int64_t nb, cons
 
 // y [m, n] = the products of the m rows of x, each carried by `terms` int8 terms in `a` (see
 // quantize_act), WideLanes' rows at a time (an odd last group: Lanes8). Threads split the
-// weight groups, so they write apart.
+// weight groups, so they write apart. AMX tiles were tried for the integer products (a
+// block's int32 products stored, then add_block): with 8 rows of x slower (TinyLlama's w13,
+// three terms: 0.74 against 0.62 ms), with 512 rows 1.3x faster but no faster than BLAS.
 template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T), stride = nb * gb, groups = groups_of(n);
