@@ -55,6 +55,13 @@ def random_model(qtype: str) -> Path:
 # --- workers (run in subprocesses) ----------------------------------------------------
 
 
+def current_rss() -> int:
+    """VmRSS now: taken after the engine's imports, before the model, it is the runtime's own
+    footprint (Python, torch or libllama), which the model's memory comes on top of."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
+
+
 def peak_rss() -> int:
     # VmHWM, not getrusage: maxrss survives exec, so it would report the driver's peak (its 1 GiB
     # bandwidth buffer). Read here, not through llamaherd: the llama.cpp worker must not load torch.
@@ -77,9 +84,10 @@ def worker_llamaherd(task: str, model: str, args) -> dict:
     import llamaherd
     from llamaherd.eval.bench import decode_rate, prefill_rate
 
+    runtime_rss = current_rss()
     llm = llamaherd.load(model, quantize=args.quantize, int8_activations=args.int8_activations)
     m = llm.model
-    out = {"load_s": time.perf_counter() - t0}
+    out = {"load_s": time.perf_counter() - t0, "runtime_rss": runtime_rss}
     if task == "load":  # time to first token: import + load + short prompt + first token
         _, first = decode_rate(m, 0, 1, PROMPT)
         out["ttft_s"] = time.perf_counter() - t0
@@ -99,9 +107,10 @@ def worker_llamacpp(task: str, model: str, args) -> dict:
     t0 = time.perf_counter()
     from llama_cpp import Llama
 
+    runtime_rss = current_rss()
     llm = Llama(model_path=model, n_ctx=1024, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
                 verbose=False, use_mmap=True)
-    out = {"load_s": time.perf_counter() - t0}
+    out = {"load_s": time.perf_counter() - t0, "runtime_rss": runtime_rss}
     vocab = llm.n_vocab()
     if task == "load":
         llm.eval(random_ids(PROMPT, vocab))
@@ -376,8 +385,12 @@ def main() -> None:
         for e in engines:
             rs = [run_worker(e, "load", path, args) for _ in range(args.rounds)]
             ttft, rss = best(rs, "ttft_s", lower=True), best(rs, "rss", lower=True)
+            base = best(rs, "runtime_rss", lower=True)
+            model = best([{"model": r["rss"] - r["runtime_rss"]} for r in rs if r and "runtime_rss" in r], "model", lower=True)
             print(f"{e:10s} ttft {fmt(ttft, '.2f')} s (load {fmt(best(rs, 'load_s', lower=True), '.2f')} s), peak RSS "
-                  f"{fmt(rss / 2**20 if rss else None, '.0f')} MiB = {fmt(rss / size if rss else None, '.2f')}x file", flush=True)
+                  f"{fmt(rss / 2**20 if rss else None, '.0f')} MiB = {fmt(rss / size if rss else None, '.2f')}x file; "
+                  f"runtime before the model {fmt(base / 2**20 if base else None, '.0f')} MiB, the rest "
+                  f"{fmt(model / 2**20 if model else None, '.0f')} MiB = {fmt(model / size if model else None, '.2f')}x file", flush=True)
 
     if "hf" in args.only and random_model("F16").exists():
         print("\n## transformers on the same rand-1.1B weights (from the F16 file)")
