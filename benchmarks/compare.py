@@ -43,7 +43,7 @@ PROMPT = 8  # tokens of the short prompt before decoding
 
 
 def smollm2() -> Path:
-    from tests.conftest import assets_path
+    from tests.fetch_assets import assets_path
 
     return assets_path() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -223,8 +223,11 @@ def run_worker(engine: str, task: str, model: Path, args, **extra) -> dict | Non
             cmd += [f"--{key.replace('_', '-')}", str(extra[key])]
     if extra.get("int8_activations"):
         cmd.append("--int8-activations")
-    # Both engines wait for work as they do by default (spinning a moment: the CLI's --wait spin).
+    # Both engines wait for work as they do by default (spinning a moment: the CLI's --wait
+    # spin), whatever this process was started with: OMP_WAIT_POLICY=PASSIVE (tests/conftest.py
+    # sets it) made llamaherd's Q4_0 decode 1.3x slower here.
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env.pop("OMP_WAIT_POLICY", None)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     if p.returncode != 0:
         print(f"  ! {engine} {task} {model.name}: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

@@ -27,7 +27,7 @@ DEFAULT_OUT = Path("/tmp/llamaherd-bench")
 
 
 def assets_dir() -> Path:
-    from tests.conftest import assets_path
+    from tests.fetch_assets import assets_path
 
     return assets_path()
 

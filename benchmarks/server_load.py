@@ -66,7 +66,7 @@ def main() -> int:
     server = None
     url = args.url
     if url is None:
-        from tests.conftest import assets_path
+        from tests.fetch_assets import assets_path
 
         model_path = Path(args.model) if args.model else assets_path() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
         options = ["--max-batch", str(max(levels)), "--max-queue", str(max(levels)), "--ctx-size", "512"]

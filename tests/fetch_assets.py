@@ -36,6 +36,20 @@ def _extract_tar_members(archive: Path, dest: Path, wanted) -> None:
                     shutil.copyfileobj(src, out)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def assets_path() -> Path:
+    """The shared assets: $LLAMAHERD_ASSETS, default ../shared/assets from the repo root,
+    fetched when absent. Here, not in conftest, so benchmarks can import it without the test
+    session's settings (conftest sets OMP_WAIT_POLICY, which their workers would inherit)."""
+    configured = os.environ.get("LLAMAHERD_ASSETS")
+    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "assets"
+    if not (path / "models").is_dir():
+        path = fetch_assets()
+    return path
+
+
 def fetch_assets(target: Path | None = None) -> Path:
     home = Path(os.environ.get("LLAMAHERD_HOME", Path.home() / ".cache" / "llamaherd"))
     target = target or home / "assets"
