@@ -30,7 +30,7 @@ from . import fused_ops
 from .errors import FormatError
 from .model import Transformer, rope_frequencies
 from .quant.ggml_types import GGMLType
-from .quant.gguf_linear import GGUFEmbedding, GGUFLinear
+from .quant.gguf_linear import GGUFEmbedding, GGUFLinear, WeightArena
 from .quant.linear import QUANT_MODES, quantize_linear
 
 QUANTIZE_CHOICES = (None, "float", *QUANT_MODES)
@@ -134,16 +134,20 @@ def _pack_gguf_linears(model: Transformer, file, file_tensors: dict[GGUFLinear, 
     def release(layer: GGUFLinear, start: int = 0, nbytes: int | None = None) -> None:
         file.release(file_tensors[layer], start, nbytes)
 
+    def packable() -> list[GGUFLinear]:
+        return [m for m in model.modules() if isinstance(m, GGUFLinear) and m in file_tensors and m.packable()]
+
+    arena = WeightArena([m._packed_bytes() for m in packable()])
     for block in model.layers:
         attn, ffn = block.attention, block.feed_forward
         for parts, fuse in (([attn.wq, attn.wk, attn.wv], attn.fuse), ([ffn.w1, ffn.w3], ffn.fuse)):
-            if (fused := GGUFLinear.concat(parts, release)) is not None:
+            if (fused := GGUFLinear.concat(parts, release, arena.take)) is not None:
                 fuse(fused)
                 for part in parts:
                     release(part)  # the partial pages at the ends of its chunks
-    for module in model.modules():
-        if isinstance(module, GGUFLinear) and module in file_tensors and module.pack(release):  # fused ones: packed
-            release(module)
+    for module in packable():  # the fused ones' parts are no longer in the model
+        module.pack(release, arena.take)
+        release(module)
     for block in model.layers:
         block.decode_plan = fused_ops.decode_plan(block)
 

@@ -194,6 +194,29 @@ def test_packed_weights_go_on_huge_pages(monkeypatch):
     assert torch.equal(big.packed, small[0].packed)
 
 
+def test_a_loaded_model_cuts_its_packed_weights_from_one_huge_page_arena(smollm2_path):
+    """The loader packs every weight into one 2 MiB-aligned mapping advised to take huge pages
+    (WeightArena): one after another, each on a cache line, none overlapping, and the answers
+    those of weights packed apart."""
+    if native() is None or not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no native kernels, or no transparent huge pages (not Linux)")
+    model = llamaherd.load(smollm2_path).model
+    packed = sorted((m.packed for m in model.modules() if isinstance(m, GGUFLinear) and m.packed is not None),
+                    key=lambda t: t.data_ptr())
+    assert len(packed) == 1 + 4 * len(model.layers)  # output; per block: qkv, wo, w13, w2
+    base = packed[0].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == base for t in packed)  # one mapping
+    assert packed[0].data_ptr() % gguf_linear.HUGE_PAGE_BYTES == 0 and "hg" in _vm_flags(packed[0].data_ptr())
+    for a, b in zip(packed, packed[1:]):
+        assert b.data_ptr() % gguf_linear.WeightArena.ALIGN == 0 and a.data_ptr() + a.numel() <= b.data_ptr()
+    layer = model.layers[3].feed_forward.w2
+    alone = GGUFLinear(layer.ggml_bytes(), layer.ggml_type, layer.out_features, layer.in_features)
+    x = torch.randn(5, layer.in_features)
+    assert torch.equal(layer(x), alone(x))
+    arena = gguf_linear.WeightArena([100])
+    assert arena.take(100).numel() == 100 and arena.take(10).numel() == 10  # past the plan: a buffer of its own
+
+
 def _peak_kib() -> int:
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 

@@ -72,15 +72,45 @@ def _scratch_buffer(numel: int, device: torch.device) -> torch.Tensor:
 def weight_buffer(nbytes: int) -> torch.Tensor:
     """An uninitialised uint8 tensor of nbytes for a packed weight, on 2 MiB pages where Linux
     gives them: transparent huge pages, in their usual "madvise" mode, go only to memory that
-    asks. Decoding streams every weight once a token; on 4 KiB pages each page costs a TLB
-    miss and the hardware prefetcher stops at its end. TinyLlama-shaped, 2 threads, decode
-    on 4 KiB -> huge pages: Q4_0 33-35 -> 36-38 tokens/s, with int8 activations 38-40 ->
-    42-44, Q8_0 20.5-21 -> 23-24 (393 of the 553 MiB got huge pages); same load time and RSS."""
+    asks, and only to whole 2 MiB-aligned runs of it, so the mapping is 2 MiB longer and the
+    tensor starts at its first aligned byte (pages never touched cost no memory). Decoding
+    streams every weight once a token; on 4 KiB pages each page costs a TLB miss and the
+    hardware prefetcher stops at its end. TinyLlama-shaped, 2 threads, decode on 4 KiB ->
+    huge pages: Q4_0 33-35 -> 36-38 tokens/s, with int8 activations 38-40 -> 42-44, Q8_0
+    20.5-21 -> 23-24; same load time and RSS. The loader cuts a model's weights from one
+    such buffer (WeightArena)."""
     if nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):  # small, or not Linux
         return torch.empty(nbytes, dtype=torch.uint8)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # private: shared anonymous memory is shmem, not THP
+    buf = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE)  # private: shared anonymous memory is shmem, not THP
     buf.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps buf (and its pages) alive
+    whole = torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps buf (and its pages) alive
+    start = -whole.data_ptr() % HUGE_PAGE_BYTES
+    return whole[start : start + nbytes]
+
+
+class WeightArena:
+    """Packed weights cut one after another from one weight_buffer, so nearly all of a model's
+    bytes sit on huge pages: weights apart each leave their last partial 2 MiB on small pages
+    (TinyLlama-shaped Q4_0: 71% of the bytes on huge pages apart, 99% here), and each of
+    those small pages costs a page fault while loading."""
+
+    ALIGN = 64  # each weight starts on a cache line
+
+    def __init__(self, sizes: list[int]) -> None:
+        self._buffer = weight_buffer(sum(self.padded(n) for n in sizes))
+        self._used = 0
+
+    @classmethod
+    def padded(cls, nbytes: int) -> int:
+        return -(-nbytes // cls.ALIGN) * cls.ALIGN
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """nbytes of the arena (a buffer of its own once the planned sizes are used up)."""
+        if self._used + nbytes > self._buffer.numel():
+            return weight_buffer(nbytes)
+        out = self._buffer[self._used : self._used + nbytes]
+        self._used += self.padded(nbytes)
+        return out
 
 
 def row_bytes(ggml_type: int, row_len: int) -> int:
@@ -112,12 +142,12 @@ class GGUFLinear(nn.Module):
     def packable(self) -> bool:
         return self.packed is None and self.ggml_type in PACKED_TYPES and self.raw.device.type == "cpu" and native() is not None
 
-    def pack(self, release: Release | None = None) -> bool:
-        """Repack the weight for the integer kernels where they apply; True when it was.
-        `release`: see _pack_into."""
+    def pack(self, release: Release | None = None, allocate: Callable[[int], torch.Tensor] = weight_buffer) -> bool:
+        """Repack the weight for the integer kernels where they apply, into allocate(bytes) (a
+        WeightArena's take, from the loader); True when it was. `release`: see _pack_into."""
         if not self.packable():
             return False
-        packed = weight_buffer(self._packed_bytes())
+        packed = allocate(self._packed_bytes())
         self._pack_into(packed, release)
         self.packed, self.raw = packed, None
         return True
@@ -140,12 +170,13 @@ class GGUFLinear(nn.Module):
                 release(self, r0 * rb, (r1 - r0) * rb)
 
     @classmethod
-    def concat(cls, layers: list["GGUFLinear"], release: Release | None = None) -> "GGUFLinear | None":
+    def concat(cls, layers: list["GGUFLinear"], release: Release | None = None,
+               allocate: Callable[[int], torch.Tensor] = weight_buffer) -> "GGUFLinear | None":
         """One packed layer computing all of `layers` (not yet packed) side by side, their
         outputs concatenated, or None when they can't share one product. It saves a kernel
         call, and rounding x, for each extra weight. Each layer's rows are packed straight
         from its bytes into its run of one buffer (whole groups of 8 rows: each n a multiple
-        of 8); `release` as for pack()."""
+        of 8); `release` and `allocate` as for pack()."""
         first = layers[0]
         if not all(
             isinstance(l, GGUFLinear) and l.packable() and l.ggml_type == first.ggml_type
@@ -154,7 +185,7 @@ class GGUFLinear(nn.Module):
         ):
             return None
         sizes = [l._packed_bytes() for l in layers]
-        packed = weight_buffer(sum(sizes))
+        packed = allocate(sum(sizes))
         for l, part in zip(layers, packed.split(sizes)):
             l._pack_into(part, release)
         fused = cls.__new__(cls)
