@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from llamaherd.config import meta_ffn_dim
+from tests.fetch_assets import assets_path
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = assets_path()
 SPM_MODEL = ASSETS / "text" / "botchan" / "botchan_en_bpe_1000.model"
 COLUMN_PARALLEL = ("wq", "wk", "wv", "w1", "w3", "output")
 

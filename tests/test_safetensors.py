@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 import llamaherd
 from llamaherd.errors import FormatError
 from llamaherd.formats.safetensors import SafetensorsFile, write_safetensors
+from tests.fetch_assets import assets_path
 from tests.hf_models import random_hf_llama
 from tests.resident import resident_kib
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = assets_path()
 SHAKESPEARE = ASSETS / "text" / "shakespeare"
 BOTCHAN = ASSETS / "text" / "botchan" / "botchan.txt"
 
