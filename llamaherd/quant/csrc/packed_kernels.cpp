@@ -250,9 +250,11 @@ inline void add_block(const typename L::I* dot, const BlockTerms& x, typename L:
 }
 
 // y[m, 8g ..] for TM rows of x, each carried by TERMS int8 terms, against L::ROWS / 8 weight
-// groups from g (at gw; the next one `stride` bytes on), a row of the weight a lane.
+// groups from g (at gw; the next one `stride` bytes on), a row of the weight a lane; row m of
+// the tile at out + m * out_stride.
 template <int64_t T, int TM, int TERMS, class L>
-inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out) {
+inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k,
+                              float* out, int64_t out_stride) {
   using I = typename L::I;
   using F = typename L::F;
   const int64_t gb = packed_block_bytes(T);
@@ -284,18 +286,28 @@ inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, con
     }
     for (int m = 0; m < TM; ++m) add_block<T, TERMS, L>(dot[m], bt[m * nb + b], dw, mw, acc[m]);
   }
-  for (int m = 0; m < TM; ++m) L::store(out + L::ROWS * m, acc[m]);
+  for (int m = 0; m < TM; ++m) L::store(out + out_stride * m, acc[m]);
 }
 
 constexpr int PACKED_TM = 4;  // x rows per pass over the weight groups (Lanes8: 16 vector registers)
 
-template <int64_t T, int TERMS, class L>
-void packed_tile(int64_t tm, const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt, int64_t m0, int64_t k, float* out) {
-  switch (tm) {
-    case 1: return packed_group_tile<T, 1, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
-    case 2: return packed_group_tile<T, 2, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
-    case 3: return packed_group_tile<T, 3, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
-    default: return packed_group_tile<T, 4, TERMS, L>(gw, stride, nb, a, bt, m0, k, out);
+// packed_group_tile for tm rows of x carried by `terms` terms (their counts made constants).
+template <int64_t T, class L, int TERMS = 0>
+void packed_tile(int64_t terms, int64_t tm, const uint8_t* gw, int64_t stride, int64_t nb, const Q8Act& a, const BlockTerms* bt,
+                 int64_t m0, int64_t k, float* out, int64_t out_stride) {
+  if constexpr (TERMS == 0) {
+    switch (terms) {
+      case 1: return packed_tile<T, L, 1>(terms, tm, gw, stride, nb, a, bt, m0, k, out, out_stride);
+      case 2: return packed_tile<T, L, 2>(terms, tm, gw, stride, nb, a, bt, m0, k, out, out_stride);
+      default: return packed_tile<T, L, 3>(terms, tm, gw, stride, nb, a, bt, m0, k, out, out_stride);
+    }
+  } else {
+    switch (tm) {
+      case 1: return packed_group_tile<T, 1, TERMS, L>(gw, stride, nb, a, bt, m0, k, out, out_stride);
+      case 2: return packed_group_tile<T, 2, TERMS, L>(gw, stride, nb, a, bt, m0, k, out, out_stride);
+      case 3: return packed_group_tile<T, 3, TERMS, L>(gw, stride, nb, a, bt, m0, k, out, out_stride);
+      default: return packed_group_tile<T, 4, TERMS, L>(gw, stride, nb, a, bt, m0, k, out, out_stride);
+    }
   }
 }
 
@@ -312,21 +324,9 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
   for_group_tiles<PACKED_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
     const uint8_t* gw = w + g * stride;
     const BlockTerms* rows = bt.data() + m0 * nb;
-    if (g + WIDE > groups) {  // the last group alone, into the tile's first 8 columns of each row
-      alignas(32) float out8[8 * PACKED_TM];
-      switch (terms) {
-        case 1: packed_tile<T, 1, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8); break;
-        case 2: packed_tile<T, 2, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8); break;
-        default: packed_tile<T, 3, Lanes8>(tm, gw, stride, nb, a, rows, m0, k, out8);
-      }
-      for (int64_t i = 0; i < tm; ++i) std::memcpy(out + WideLanes::ROWS * i, out8 + 8 * i, 8 * sizeof(float));
-      return;
-    }
-    switch (terms) {
-      case 1: return packed_tile<T, 1, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
-      case 2: return packed_tile<T, 2, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
-      default: return packed_tile<T, 3, WideLanes>(tm, gw, stride, nb, a, rows, m0, k, out);
-    }
+    if (g + WIDE > groups)  // the last group alone, into the tile's first 8 columns of each row
+      return packed_tile<T, Lanes8>(terms, tm, gw, stride, nb, a, rows, m0, k, out, WideLanes::ROWS);
+    packed_tile<T, WideLanes>(terms, tm, gw, stride, nb, a, rows, m0, k, out, WideLanes::ROWS);
   });
 }
 
