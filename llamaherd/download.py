@@ -168,8 +168,10 @@ def _partial_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.partial")
 
 
-def _open(url: str, start: int, timeout: float):
+def _open(url: str, start: int, timeout: float, accept: str | None = None):
     request = urllib.request.Request(url, headers={"User-Agent": "llamaherd", "Accept-Encoding": "identity"})
+    if accept:
+        request.add_header("Accept", accept)
     if start:
         request.add_header("Range", f"bytes={start}-")
     try:
@@ -184,11 +186,12 @@ def _open(url: str, start: int, timeout: float):
         raise _Retryable(str(getattr(e, "reason", e))) from None
 
 
-def fetch_bytes(url: str, timeout: float = 30.0, retries: int = 4, backoff: float = 1.0, limit: int = 1 << 20) -> bytes:
-    """A small file (a checklist) into memory, with retries."""
+def fetch_bytes(url: str, timeout: float = 30.0, retries: int = 4, backoff: float = 1.0, limit: int = 1 << 20,
+                accept: str | None = None) -> bytes:
+    """A small file (a checklist, an index page: `accept` its media type) into memory, with retries."""
     for attempt in range(retries + 1):
         try:
-            response = _open(url, 0, timeout)
+            response = _open(url, 0, timeout, accept)
             if response is None:
                 raise _Retryable("HTTP 416")
             with response:
@@ -255,13 +258,17 @@ def _keep_for_resume(partial: Path) -> str:
     return f"; the {size} bytes received stay in {partial} and the next run resumes from there"
 
 
-def download_file(url: str, dest: Path, md5: str, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0,
-                  progress: bool = True, position: int = 0) -> Path:
+def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0,
+                  progress: bool = True, position: int = 0, sha256: str | None = None) -> Path:
     """Fetch url to dest through a .partial file, resumed and retried, renamed into place
-    only when its md5 is `md5`. An existing dest with the right md5 is kept as it is."""
+    only when its md5 is `md5` (or its sha256 `sha256`). An existing dest with the right
+    digest is kept as it is."""
     from .formats.checksums import md5_file
 
-    if dest.is_file() and md5_file(dest) == md5:
+    if (md5 is None) == (sha256 is None):
+        raise ValueError("download_file checks one digest: md5 or sha256")
+    kind, expected, digest_of = ("sha256", sha256, sha256_file) if sha256 else ("md5", md5, md5_file)
+    if dest.is_file() and digest_of(dest) == expected:
         return dest
     partial = _partial_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -270,13 +277,13 @@ def download_file(url: str, dest: Path, md5: str, retries: int = 5, backoff: flo
         for attempt in range(retries + 1):
             try:
                 _download_once(url, partial, timeout, bar)
-                digest = md5_file(partial)
-                if digest == md5:
+                digest = digest_of(partial)
+                if digest == expected:
                     os.replace(partial, dest)
                     return dest
                 partial.unlink(missing_ok=True)  # wrong bytes: never resume from them
                 if attempt == retries:
-                    raise ChecksumError(f"{url}: md5 {digest} does not match the checklist's {md5}; not kept")
+                    raise ChecksumError(f"{url}: {kind} {digest} does not match the expected {expected}; not kept")
             except _Retryable as e:
                 if attempt == retries:
                     raise DownloadError(f"{url}: {e} (gave up after {retries + 1} attempts{_keep_for_resume(partial)})") from None

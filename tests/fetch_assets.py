@@ -7,15 +7,15 @@ built or run. Usage: python -m tests.fetch_assets
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
+
+from llamaherd.download import download_file, fetch_bytes
 
 
 PYPI_SIMPLE = os.environ.get("LLAMAHERD_PYPI", "https://pypi.org/simple")
@@ -23,30 +23,19 @@ PYPI_SIMPLE = os.environ.get("LLAMAHERD_PYPI", "https://pypi.org/simple")
 
 def _pypi_download(requirement: str, dest: Path, binary: bool) -> Path:
     """NAME==VERSION's wheel (binary) or sdist from PyPI's simple index (its JSON form) into
-    dest, checked against the index's sha256. Not `pip download`: for an sdist pip prepares
-    its metadata, which needs the package's build backend (llama-cpp-python's: scikit-build-core)."""
+    dest, resumed, retried and checked against the index's sha256 (llamaherd.download). Not
+    `pip download`: for an sdist pip prepares its metadata, which needs the package's build
+    backend (llama-cpp-python's: scikit-build-core)."""
     name, version = requirement.split("==")
-    index = urllib.request.Request(f"{PYPI_SIMPLE}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(index, timeout=60) as response:
-        files = json.load(response)["files"]
+    files = json.loads(fetch_bytes(f"{PYPI_SIMPLE}/{name}/", accept="application/vnd.pypi.simple.v1+json"))["files"]
     stems = {f"{n}-{version}" for n in (name.lower(), name.lower().replace("-", "_"))}  # sdists spell it either way
     wanted = {f"{stem}.tar.gz" for stem in stems}
     for f in files:
         filename = f["filename"]
         if (binary and filename.endswith(".whl") and filename.lower().startswith(tuple(f"{stem}-" for stem in stems))) or \
                 (not binary and filename.lower() in wanted):
-            break
-    else:
-        raise FileNotFoundError(f"PyPI lists no {'wheel' if binary else 'sdist'} of {requirement}")
-    path = dest / filename
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(f["url"], timeout=180) as src, open(path, "wb") as out:
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != f["hashes"]["sha256"]:
-        raise ValueError(f"{filename}: sha256 {digest.hexdigest()} is not PyPI's {f['hashes']['sha256']}")
-    return path
+            return download_file(f["url"], dest / filename, sha256=f["hashes"]["sha256"], timeout=180)
+    raise FileNotFoundError(f"PyPI lists no {'wheel' if binary else 'sdist'} of {requirement}")
 
 
 def _extract_tar_members(archive: Path, dest: Path, wanted) -> None:
