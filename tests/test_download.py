@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamaherd.cli import main
-from llamaherd.download import DownloadError, download_release
+from llamaherd.download import DownloadError, download_file, download_release
 from llamaherd.errors import ChecksumError, FormatError
 
 FILES = {
@@ -170,6 +170,23 @@ def test_corrupted_byte_is_an_md5_mismatch_and_not_kept(server, tmp_path):
         fetch(url, tmp_path)
     assert_only_verified_files(tmp_path)
     assert not (tmp_path / "7B" / "consolidated.00.pth").exists()
+
+
+def test_a_file_checked_by_sha256_is_kept_only_when_it_matches(server, tmp_path):
+    """download_file with sha256 (PyPI's digest, tests/fetch_assets.py) in place of md5."""
+    url, faults = server
+    name = "7B/consolidated.00.pth"
+    data = FILES[name]
+    dest = tmp_path / "shard.pth"
+    with pytest.raises(ChecksumError, match="sha256"):
+        download_file(f"{url}/{name}", dest, sha256=hashlib.sha256(data + b"x").hexdigest(), retries=1, backoff=0.01,
+                      timeout=5, progress=False)
+    assert not dest.exists()
+    path = download_file(f"{url}/{name}", dest, sha256=hashlib.sha256(data).hexdigest(), retries=1, backoff=0.01,
+                         timeout=5, progress=False)
+    assert path == dest and dest.read_bytes() == data
+    with pytest.raises(ValueError, match="one digest"):
+        download_file(f"{url}/{name}", dest, md5="0" * 32, sha256="0" * 64)
 
 
 @pytest.mark.parametrize("which", ["7B/checklist.chk", "tokenizer_checklist.chk"])
