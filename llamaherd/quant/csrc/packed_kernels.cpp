@@ -157,44 +157,50 @@ void dequant_row_block(const uint8_t* blk, int r, float* o) {
 namespace {
 
 // A row of x's block b as its terms carry it (quantize_act): x = e * sum_t q_t * 128^(TERMS-1-t).
-// s0 and tail are the sums of the first term's values and of the other terms' (as combined);
-// all of them sum e * (s0 * 128^(TERMS-1) + tail), for the minimums of Q4_1 and Q5_1.
+// `all` sums the block's values (e * the terms' sums, as combined), for the minimums of Q4_1 and
+// Q5_1; start[t] is term t's integer chain's first value: -OFFSET times the sum of its values,
+// so the chains sum (q - OFFSET) x without a correction in floats.
 struct BlockTerms {
-  float e, s0, tail, all;
+  float e, all;
+  int32_t start[3];
 };
 
-std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64_t terms) {
+std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64_t terms, int offset) {
   std::vector<BlockTerms> out(m * nb);
   const float top = std::ldexp(1.f, TERM_SHIFT * int(terms - 1));
   for (int64_t r = 0; r < m; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       const int32_t* s = a.s.data() + r * terms * nb + b;  // term t's sum at s[t * nb]
       int32_t tail = 0;
+      BlockTerms& x = out[r * nb + b];
+      for (int64_t t = 0; t < terms; ++t) x.start[t] = -offset * s[t * nb];
       for (int64_t t = 1; t < terms; ++t) tail = (tail << TERM_SHIFT) + s[t * nb];
-      const float e = a.d[r * terms * nb + b] / top;
-      out[r * nb + b] = {e, float(s[0]), float(tail), e * (float(s[0]) * top + float(tail))};
+      x.e = a.d[r * terms * nb + b] / top;
+      x.all = x.e * (float(s[0]) * top + float(tail));
     }
   return out;
 }
 
-// The int32 dot products of one packed block's rows (lanes) with 32 int8 values at xb, from
-// the block's nibbles (values 8c..8c+3 of each row in lo[c], 8c+4..8c+7 in hi[c]).
+// start + the int32 dot products of one packed block's rows (lanes) with 32 int8 values at xb,
+// from the block's nibbles (values 8c..8c+3 of each row in lo[c], 8c+4..8c+7 in hi[c]).
 template <int64_t T, class L>
-inline typename L::I nibble_dot(const typename L::I* lo, const typename L::I* hi, const int8_t* xb) {
+inline typename L::I nibble_dot(const typename L::I* lo, const typename L::I* hi, const int8_t* xb, typename L::I start) {
   if constexpr (LEVELS<T>) {  // signed levels: |w| times x carrying w's sign, as Q8_0 (pair sums <= 2 * 127 * 127)
-    typename L::I dot = L::zero();
+    typename L::I dot = start;
     for (int c = 0; c < 4; ++c) {
       dot = L::dot4(dot, L::magnitude(lo[c]), L::with_sign(L::x4(xb + 8 * c), L::sign_of(lo[c])));
       dot = L::dot4(dot, L::magnitude(hi[c]), L::with_sign(L::x4(xb + 8 * c + 4), L::sign_of(hi[c])));
     }
     return dot;
   } else if constexpr (L::VNNI) {
-    typename L::I a = L::zero(), b = L::zero();  // two chains: each add waits on the last
+    // one chain a row and term: a tile keeps several in flight (with one row of x, memory
+    // bounds the speed, not the chain's latency)
+    typename L::I dot = start;
     for (int c = 0; c < 4; ++c) {
-      a = L::dot4(a, lo[c], L::x4(xb + 8 * c));
-      b = L::dot4(b, hi[c], L::x4(xb + 8 * c + 4));
+      dot = L::dot4_x(dot, lo[c], xb + 8 * c);
+      dot = L::dot4_x(dot, hi[c], xb + 8 * c + 4);
     }
-    return L::add(a, b);
+    return dot;
   } else {
     // unsigned 4-bit x int8: pair sums <= 2 * 15 * 127, all eight <= 30480: int16 holds the
     // block (5-bit: half of it, 4 * 2 * 31 * 127 <= 31496, so two halves).
@@ -202,17 +208,19 @@ inline typename L::I nibble_dot(const typename L::I* lo, const typename L::I* hi
     __m256i s[4];
     chunk_sums16(lo, hi, xb, s);
     if constexpr (FIVE_BITS<T>)
-      return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16));
+      return _mm256_add_epi32(start, _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones16),
+                                                      _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), ones16)));
     else
-      return _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16);
+      return _mm256_add_epi32(start, _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s[0], s[1]), _mm256_add_epi16(s[2], s[3])), ones16));
   }
 }
 
 // A packed block's values of each row (lanes), the nibble types' (Q8_0's are its chunks as
 // they are): values 8c..8c+3 in lo[c], 8c+4..8c+7 in hi[c], the fifth bits added, or the
-// IQ4_NL levels looked up.
+// IQ4_NL levels looked up. Always inlined: GCC kept the 5-bit types' out of line, and their
+// values then went through memory every block.
 template <int64_t T, class L>
-inline void block_nibbles(const uint8_t* blk, int64_t stride, typename L::I lo[4], typename L::I hi[4]) {
+[[gnu::always_inline]] inline void block_nibbles(const uint8_t* blk, int64_t stride, typename L::I lo[4], typename L::I hi[4]) {
   typename L::I qh;
   if constexpr (FIVE_BITS<T>) qh = L::chunk(blk + PACKED_QH<T>, stride);
   for (int c = 0; c < 4; ++c) {
@@ -224,26 +232,32 @@ inline void block_nibbles(const uint8_t* blk, int64_t stride, typename L::I lo[4
   }
 }
 
+// The 4- and 5-bit types' terms add up in int32: |sum (q - OFFSET) x| <= 32 * 31 * 127 for the
+// first term (at most 126k, times 128^2 below 2^31) and 32 * 31 * 64 for the others.
+// Q8_0's and IQ4_NL's first term (up to 32 * 128 * 127) would overflow.
+template <int64_t T> constexpr bool TERMS_IN_INT32 = T != Q8_0 && !LEVELS<T>;
+
 // acc += one block's products of a row of x (its TERMS dot products with each weight row, dot)
-// as floats: dw (and mw) are the weight rows' scales (and minimums). A row's terms are added in
-// integers: the first term's dot product and the others' combined (the first times
-// 128^(TERMS-1) would overflow Q8_0's), both exact in float32 for the 4- and 5-bit types, then
-// one multiply-add joins them: as many float operations as one term.
+// as floats: dw (and mw) are the weight rows' scales (and minimums). Terms are added in
+// integers, then converted once: all of them where int32 holds the sum (TERMS_IN_INT32), else
+// the first term's dot product and the others' combined, both exact in float32, joined by one
+// multiply-add. Either way the one rounding is of the same exact sum: the same floats.
 template <int64_t T, int TERMS, class L>
 inline void add_block(const typename L::I* dot, const BlockTerms& x, typename L::F dw, typename L::F mw, typename L::F& acc) {
+  using I = typename L::I;
   using F = typename L::F;
-  // values q - OFFSET: sum_v (q_v - OFFSET) x_v = dot - OFFSET * sum(x), exact in float32
-  // (first term |dot| <= 32 * 31 * 127, the rest <= 129 * 32 * 31 * 64: below 2^24)
-  constexpr bool offset = !HAS_MIN<T> && !LEVELS<T> && T != Q8_0;
-  const F minus_offset = L::all(-float(OFFSET<T>));
-  F f = L::to_float(dot[0]);
-  if constexpr (offset) f = L::fmadd(L::all(x.s0), minus_offset, f);
-  if constexpr (TERMS > 1) {
-    typename L::I tail = dot[1];
-    for (int t = 2; t < TERMS; ++t) tail = L::add(L::shift_left(tail, TERM_SHIFT), dot[t]);
-    F ft = L::to_float(tail);
-    if constexpr (offset) ft = L::fmadd(L::all(x.tail), minus_offset, ft);
-    f = L::fmadd(f, L::all(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1))), ft);
+  F f;
+  if constexpr (TERMS_IN_INT32<T>) {
+    I sum = dot[0];
+    for (int t = 1; t < TERMS; ++t) sum = L::add(L::shift_left(sum, TERM_SHIFT), dot[t]);
+    f = L::to_float(sum);
+  } else {
+    f = L::to_float(dot[0]);
+    if constexpr (TERMS > 1) {
+      I tail = dot[1];
+      for (int t = 2; t < TERMS; ++t) tail = L::add(L::shift_left(tail, TERM_SHIFT), dot[t]);
+      f = L::fmadd(f, L::all(std::ldexp(1.f, TERM_SHIFT * (TERMS - 1))), L::to_float(tail));
+    }
   }
   acc = L::fmadd(L::mul(dw, L::all(x.e)), f, acc);
   if constexpr (HAS_MIN<T>) acc = L::fmadd(mw, L::all(x.all), acc);
@@ -282,7 +296,8 @@ inline void packed_group_tile(const uint8_t* gw, int64_t stride, int64_t nb, con
       I lo[4], hi[4];
       block_nibbles<T, L>(blk, stride, lo, hi);
       for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) dot[m][t] = nibble_dot<T, L>(lo, hi, xq + (m * TERMS + t) * k + 32 * b);
+        for (int t = 0; t < TERMS; ++t)
+          dot[m][t] = nibble_dot<T, L>(lo, hi, xq + (m * TERMS + t) * k + 32 * b, L::all_int(bt[m * nb + b].start[t]));
     }
     for (int m = 0; m < TM; ++m) add_block<T, TERMS, L>(dot[m], bt[m * nb + b], dw, mw, acc[m]);
   }
@@ -320,7 +335,7 @@ template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T), stride = nb * gb, groups = groups_of(n);
   constexpr int WIDE = WideLanes::ROWS / 8;
-  const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms);
+  const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms, TERMS_IN_INT32<T> ? OFFSET<T> : 0);
   for_group_tiles<PACKED_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
     const uint8_t* gw = w + g * stride;
     const BlockTerms* rows = bt.data() + m0 * nb;

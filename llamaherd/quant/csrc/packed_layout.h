@@ -129,6 +129,8 @@ struct Lanes8 {
   static I x4(const int8_t* p) { return bcast4(p); }
   static I zero() { return _mm256_setzero_si256(); }
   static I dot4(I acc, I u, I s) { return dot4_add(acc, u, s); }
+  static I dot4_x(I acc, I u, const int8_t* x) { return dot4(acc, u, x4(x)); }  // with 4 values of x at `x`
+  static I all_int(int32_t v) { return _mm256_set1_epi32(v); }
   static I magnitude(I w) { return _mm256_sign_epi8(w, w); }
   static Sign sign_of(I w) { return w; }
   static I with_sign(I x, Sign w) { return _mm256_sign_epi8(x, w); }  // where w is 0, |w| is too: any x
@@ -165,6 +167,13 @@ struct Lanes16 {
   }
   static I zero() { return _mm512_setzero_si512(); }
   static I dot4(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  // x broadcast by the multiply-add's own load ({1to16}): GCC does not fold _mm512_set1_epi32
+  // into it, and a separate broadcast is one more instruction per product
+  static I dot4_x(I acc, I u, const int8_t* x) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*(const int32_t*)x));
+    return acc;
+  }
+  static I all_int(int32_t v) { return _mm512_set1_epi32(v); }
   static I magnitude(I w) { return _mm512_abs_epi8(w); }
   static Sign sign_of(I w) { return _mm512_movepi8_mask(w); }
   static I with_sign(I x, Sign negative) { return _mm512_mask_sub_epi8(x, negative, zero(), x); }  // |x| <= 127: no overflow
