@@ -112,6 +112,30 @@ def test_native_packs_the_types_it_multiplies():
     assert {int(t) for t in PACKED_TYPES} == {int(TYPES[n]) for n in packed}
 
 
+@pytest.mark.parametrize("name", [t.name for t in sorted(gguf_linear.AMX_TYPES, key=int)])
+def test_amx_tiles_give_the_vector_kernels_floats(name):
+    """Where the CPU has AMX, many rows of x go to its tiles: the same integer products, added up
+    in the same order, so the same floats as the vector kernels, bit for bit. Rows: below the
+    tiles' threshold, one pass, passes of a row block, several row blocks; n = 77: a lone last
+    group of 8 rows, partly filled."""
+    if native() is None or not native().use_amx(True):
+        pytest.skip("no AMX tiles here (CPU or OS)")
+    n, k = 77, 512
+    w = np.random.default_rng(1).standard_normal((n, k), dtype=np.float32)
+    layer = GGUFLinear(gguf_bytes(w, TYPES[name]), int(TYPES[name]), n, k)
+    try:
+        for rows in (3, 8, 11, 33, 70):
+            x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)) * torch.rand(rows, 1) * 10
+            for terms in (1, 2, 3):
+                on_tiles = native().gemm_packed(x, layer.packed, layer.ggml_type, n, terms)
+                native().use_amx(False)
+                on_vectors = native().gemm_packed(x, layer.packed, layer.ggml_type, n, terms)
+                native().use_amx(True)
+                assert torch.equal(on_tiles, on_vectors), (rows, terms)
+    finally:
+        native().use_amx(True)
+
+
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit

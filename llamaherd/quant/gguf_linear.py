@@ -12,10 +12,11 @@ Nothing is decoded to float32 at load time. Products are computed
       - by default three terms: x kept to ~2^-22 of its block's largest value, float32's
         own precision, so answers stay those of the float model (SmolLM2: same greedy
         text, logits within 1e-3 of transformers, sampled tokens independent of batching).
-        Decoding (up to DECODE_ROWS rows) costs about 1.4x what one term does (measured on
-        TinyLlama-shaped Q4_0: 14 against 20 GB/s, where one term is at the memory's limit);
-        for more rows (prefill) three terms cost more than decoding runs of packed rows to
-        float32 for BLAS, which is done instead;
+        One row of x (decoding) stays near the memory's limit (TinyLlama-shaped Q4_0: 25
+        against 27 GB/s with one term). For many rows the 32-value types run on AMX tiles
+        where the CPU has them (Intel since Sapphire Rapids; csrc/packed_kernels.cpp amx),
+        faster than BLAS on decoded runs (Q4_0, 512 rows: 1.35x; 64 rows: 2x); elsewhere,
+        and for the k-quants, more than DECODE_ROWS rows go to BLAS on decoded runs;
       - with int8_activations (load(..., int8_activations=True)) one term, as llama.cpp does:
         a third of the arithmetic, but |error| <= half a step (1/254 of the block's largest
         value) moves logits by ~1 on SmolLM2.
@@ -54,6 +55,7 @@ FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multip
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
+AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0})  # tiles for many rows
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 HUGE_PAGE_BYTES = 2 << 20  # packed weights this large go on huge pages (weight_buffer)
@@ -201,7 +203,8 @@ class GGUFLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {GGMLType(self.ggml_type).name}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and (self.int8_activations or x.numel() <= DECODE_ROWS * self.in_features):
+        if self.packed is not None and (self.int8_activations or x.numel() <= DECODE_ROWS * self.in_features
+                                        or (self.ggml_type in AMX_TYPES and native().amx())):
             # any leading dimensions go straight to the kernel: a decode step's hot path (no
             # x.float() there: even returning x itself, a torch call costs a microsecond or two)
             x = x if x.dtype is torch.float32 else x.float()

@@ -50,8 +50,12 @@ def _cpu_supports_avx2() -> bool:
 # every layer of TinyLlama-shaped Q4_0 with 8 rows of x went 6.0 -> 8.5 GB/s (three terms)
 # and 12.1 -> 14.4 (one term); batch-8 decoding 1.36x faster, one row about the same.
 AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl", "avx512_vnni": "-mavx512vnni"}
+# Where it also has AMX (Intel since Sapphire Rapids), the packed products of many rows of x
+# (batched decoding, prefill) run on its tiles (packed_kernels.cpp amx).
+AMX_FLAGS = {"amx_tile": "-mamx-tile", "amx_int8": "-mamx-int8"}
 FLAGS = (BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
-         + (list(AVX512_FLAGS.values()) if set(AVX512_FLAGS) <= _cpu_flags() else []))
+         + (list(AVX512_FLAGS.values()) if set(AVX512_FLAGS) <= _cpu_flags() else [])
+         + (list(AMX_FLAGS.values()) if set(AVX512_FLAGS) | set(AMX_FLAGS) <= _cpu_flags() else []))
 
 
 NAME = "llamaherd_ggml_kernels"

@@ -16,6 +16,8 @@ int64_t packed_bytes(int64_t type, int64_t n, int64_t k);
 at::Tensor unpack(at::Tensor w, int64_t type, int64_t n, int64_t k);
 void dequant_packed(at::Tensor w, int64_t type, int64_t n, int64_t k, int64_t r0, int64_t r1, at::Tensor out);
 at::Tensor gemm_packed(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, int64_t x_terms);
+bool use_amx(bool on);  // whether gemm_packed may use AMX tiles; returns whether it will
+bool amx();             // whether it does
 
 // kquant_kernels.cpp: Q2_K .. Q6_K, IQ4_XS
 at::Tensor gemm_kquant_rows(at::Tensor x_in, at::Tensor w, int64_t type, int64_t n, int64_t x_terms);

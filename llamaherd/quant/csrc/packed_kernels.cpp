@@ -4,6 +4,13 @@
 #include "kernels.h"
 #include "packed_layout.h"
 
+#ifdef __AMX_INT8__
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#endif
+
 namespace llamaherd {
 
 namespace packed {
@@ -326,16 +333,178 @@ void packed_tile(int64_t terms, int64_t tm, const uint8_t* gw, int64_t stride, i
   }
 }
 
+#ifdef __AMX_INT8__
+// AMX tiles (Intel since Sapphire Rapids): one instruction multiplies 16 rows of int8 by a block
+// of 16 weight rows, where the vector kernels need 8 multiply-adds a row. A group pair's block
+// is unpacked to bytes once (B: Lanes16's chunks, 4 values of each of 16 rows a 64-byte row, the
+// tiles' own order), the rows of x terms are loaded as they lie (A: row r's term t at
+// a.q + (r * TERMS + t) * k), and each block's int32 products (C) are stored and go through
+// add_block as the vector kernels' do: the same integers, so the same floats. The stores are
+// read two blocks later, so the tiles run while the vectors add up earlier blocks.
+namespace amx {
+
+constexpr int64_t MIN_TERM_ROWS = 8;  // rows of x times terms from which the tiles beat the vectors
+constexpr int64_t TERM_ROWS = 32;     // rows of terms a pass: two A tiles
+
+struct TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Tiles 0, 1: A, up to 16 rows of terms each, of one block (32 int8); 2: B, that block's 32
+// values of 16 weight rows, 4 a row; 3, 4: C, their int32 products, as many rows as A's. Tiles
+// hold only the rows a pass has: the products' stores bound the speed. (GCC's tile intrinsics
+// take tile numbers as literal tokens.)
+inline void configure(int64_t term_rows) {
+  TileConfig c{};
+  c.palette = 1;
+  c.rows[0] = c.rows[3] = uint8_t(std::min<int64_t>(16, term_rows));
+  c.rows[1] = c.rows[4] = uint8_t(std::max<int64_t>(1, term_rows - 16));
+  c.colsb[0] = c.colsb[1] = 32;
+  c.rows[2] = 8, c.colsb[2] = 64;
+  c.colsb[3] = c.colsb[4] = 64;
+  _tile_loadconfig(&c);
+}
+
+// Linux lends the tiles' state to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM, 5.16+);
+// set_enabled(false) keeps to the vector kernels (tests compare the two).
+inline std::atomic<bool>& enabled() {
+  static std::atomic<bool> on{[] {
+    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  }()};
+  return on;
+}
+
+// One block of a group pair: its values (bv, 512 bytes, int8) times the pass's rows of terms
+// (xa, 32 bytes apart; the second tile's from row 16) into c [rows][16].
+inline void block_products(const uint8_t* bv, const int8_t* xa, bool two, int32_t* c) {
+  _tile_loadd(2, bv, 64);
+  _tile_loadd(0, xa, 32);
+  _tile_zero(3);
+  _tile_dpbssd(3, 0, 2);
+  _tile_stored(3, c, 64);
+  if (two) {
+    _tile_loadd(1, xa + 16 * 32, 32);
+    _tile_zero(4);
+    _tile_dpbssd(4, 1, 2);
+    _tile_stored(4, c + 16 * 16, 64);
+  }
+}
+
+// y[m0 .., 8g .. 8g+15] for xr rows of x (xr * TERMS <= TERM_ROWS) against groups g, g+1 (gw;
+// the next `stride` on), row i at out + i * out_stride. xa: the rows' terms block by block
+// (block j's at xa + j * xr * TERMS * 32), so a tile's rows are one contiguous run.
+// The values go to the tiles as signed bytes: the offset types' as q - OFFSET, which sums
+// (q - OFFSET) x without the starts the vector chains need; the others' as they are (Q4_1's
+// and Q5_1's, below 32, are the same signed).
+template <int64_t T, int TERMS>
+void pair_rows(const uint8_t* gw, int64_t stride, int64_t nb, const int8_t* xa, const BlockTerms* bt, int64_t xr, float* out,
+               int64_t out_stride) {
+  using L = Lanes16;
+  constexpr bool SUBTRACT = TERMS_IN_INT32<T> && OFFSET<T> != 0;
+  const int64_t gb = packed_block_bytes(T), tr = xr * TERMS;
+  const bool two = tr > 16;
+  alignas(64) uint8_t bv[2][512];
+  alignas(64) int32_t c[2][TERM_ROWS * 16];
+  __m512 acc[TERM_ROWS / TERMS];
+  for (int64_t i = 0; i < xr; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb + 2; ++b) {
+    if (b < nb) {  // unpack block b
+      const uint8_t* blk = gw + b * gb;
+      L::prefetch(blk, gb, stride);
+      if constexpr (T == Q8_0) {
+        for (int q = 0; q < 8; ++q) _mm512_store_si512(bv[b & 1] + 64 * q, L::chunk(blk + 16 + 32 * q, stride));
+      } else {
+        __m512i lo[4], hi[4];
+        block_nibbles<T, L>(blk, stride, lo, hi);
+        for (int q = 0; q < 4; ++q) {
+          if constexpr (SUBTRACT) lo[q] = _mm512_sub_epi8(lo[q], L::bytes(OFFSET<T>)), hi[q] = _mm512_sub_epi8(hi[q], L::bytes(OFFSET<T>));
+          _mm512_store_si512(bv[b & 1] + 128 * q, lo[q]);
+          _mm512_store_si512(bv[b & 1] + 128 * q + 64, hi[q]);
+        }
+      }
+    }
+    if (b >= 1 && b <= nb) block_products(bv[(b - 1) & 1], xa + (b - 1) * tr * 32, two, c[(b - 1) & 1]);
+    if (b >= 2) {  // add up block j
+      const int64_t j = b - 2;
+      const uint8_t* blk = gw + j * gb;
+      const __m512 dw = L::halves(blk, stride), mw = HAS_MIN<T> ? L::halves(blk + 16, stride) : _mm512_setzero_ps();
+      const int32_t* cj = c[j & 1];
+      for (int64_t i = 0; i < xr; ++i) {
+        __m512i dot[TERMS];
+        for (int t = 0; t < TERMS; ++t) dot[t] = _mm512_load_si512(cj + (i * TERMS + t) * 16);
+        add_block<T, TERMS, L>(dot, bt[i * nb + j], dw, mw, acc[i]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
+}
+
+inline bool pays(int64_t m, int64_t terms) { return m * terms >= MIN_TERM_ROWS && enabled().load(std::memory_order_relaxed); }
+
+// y [m, n] on the tiles: threads split the pairs of weight groups (an odd last group: Lanes8),
+// ROW_BLOCK rows of x at a time, whose terms stay in the caches while every pair goes by.
+template <int64_t T, int TERMS>
+void gemm(const Q8Act& a, const std::vector<BlockTerms>& bt, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+  constexpr int64_t XR = TERM_ROWS / TERMS, ROW_BLOCK = XR * (64 / XR);
+  const int64_t nb = k / 32, stride = nb * packed_block_bytes(T), groups = groups_of(n);
+  std::vector<int8_t> blocked(a.q.size());  // each pass's rows of terms block by block (pair_rows)
+  for (int64_t m0 = 0; m0 < m; m0 += XR) {
+    const int64_t tr = std::min(XR, m - m0) * TERMS;
+    const int8_t* src = a.q.data() + m0 * TERMS * k;
+    int8_t* dst = blocked.data() + m0 * TERMS * k;
+    for (int64_t j = 0; j < nb; ++j)
+      for (int64_t r = 0; r < tr; ++r) std::memcpy(dst + (j * tr + r) * 32, src + r * k + 32 * j, 32);
+  }
+  for (int64_t r0 = 0; r0 < m; r0 += ROW_BLOCK) {
+    const int64_t r1 = std::min(m, r0 + ROW_BLOCK);
+    const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (2 * stride * std::max<int64_t>(1, (r1 - r0) * TERMS / 4)));
+    at::parallel_for(0, (groups + 1) / 2, grain, [&](int64_t p0, int64_t p1) {
+      int64_t configured = 0;  // the tiles' rows of terms
+      alignas(64) float out[XR * 16];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t g = 2 * p, cols = std::min<int64_t>(16, n - 8 * g);
+        const uint8_t* gw = w + g * stride;
+        for (int64_t m0 = r0; m0 < r1; m0 += XR) {
+          const int64_t xr = std::min(XR, r1 - m0);
+          if (xr * TERMS != configured) configure(configured = xr * TERMS);
+          if (g + 1 == groups) {
+            for (int64_t r = 0; r < xr; r += PACKED_TM)
+              packed_tile<T, Lanes8>(TERMS, std::min<int64_t>(PACKED_TM, xr - r), gw, stride, nb, a, bt.data() + (m0 + r) * nb, m0 + r, k,
+                                     out + 16 * r, 16);
+          } else {
+            pair_rows<T, TERMS>(gw, stride, nb, blocked.data() + m0 * TERMS * k, bt.data() + m0 * nb, xr, out, 16);
+          }
+          for (int64_t i = 0; i < xr; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out + 16 * i, cols * sizeof(float));
+        }
+      }
+      if (configured) _tile_release();
+    });
+  }
+}
+
+}  // namespace amx
+#endif
+
 // y [m, n] = the products of the m rows of x, each carried by `terms` int8 terms in `a` (see
-// quantize_act), WideLanes' rows at a time (an odd last group: Lanes8). Threads split the
-// weight groups, so they write apart. AMX tiles were tried for the integer products (a
-// block's int32 products stored, then add_block): with 8 rows of x slower (TinyLlama's w13,
-// three terms: 0.74 against 0.62 ms), with 512 rows 1.3x faster but no faster than BLAS.
+// quantize_act): on AMX tiles where they pay (amx::pays), else WideLanes' rows at a time (an
+// odd last group: Lanes8). Threads split the weight groups, so they write apart.
 template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T), stride = nb * gb, groups = groups_of(n);
   constexpr int WIDE = WideLanes::ROWS / 8;
   const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms, TERMS_IN_INT32<T> ? OFFSET<T> : 0);
+#ifdef __AMX_INT8__
+  if (amx::pays(m, terms)) {
+    switch (terms) {
+      case 1: return amx::gemm<T, 1>(a, bt, w, m, k, n, y);
+      case 2: return amx::gemm<T, 2>(a, bt, w, m, k, n, y);
+      default: return amx::gemm<T, 3>(a, bt, w, m, k, n, y);
+    }
+  }
+#endif
   for_group_tiles<PACKED_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
     const uint8_t* gw = w + g * stride;
     const BlockTerms* rows = bt.data() + m0 * nb;
@@ -350,6 +519,24 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
 }  // namespace packed
 
 using namespace packed;
+
+bool use_amx(bool on) {
+#ifdef __AMX_INT8__
+  static const bool available = amx::enabled().load();
+  amx::enabled().store(on && available);
+  return on && available;
+#else
+  return false;
+#endif
+}
+
+bool amx() {
+#ifdef __AMX_INT8__
+  return amx::enabled().load();
+#else
+  return false;
+#endif
+}
 
 // The weights `parts` (GGML bytes of one type, K values a row) stacked by rows and packed, into
 // `out` when given (a contiguous uint8 run of exactly the packed size: a slice of a bigger
