@@ -158,16 +158,40 @@ inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// std::vector's allocator without value-initialization, for buffers the kernels fill whole
+// (zeroing them first was a memset a product: 7% of a batch-8 step's small products).
+template <class T>
+struct NoInit : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = NoInit<U>;
+  };
+  NoInit() = default;
+  template <class U>
+  NoInit(const NoInit<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <class T>
+using Filled = std::vector<T, NoInit<T>>;  // a buffer that is written before it is read
+
 // x rounded to int8 blocks: q [m, k], scale d [m, k/block] and sums s [m, k/32] per 32 values.
 struct Q8Act {
-  std::vector<int8_t> q;
-  std::vector<float> d;
-  std::vector<int32_t> s;
+  Filled<int8_t> q;
+  Filled<float> d;
+  Filled<int32_t> s;
 };
 
 // A term's scale is the first's over 2^(TERM_SHIFT * t): a power of two, so the packed kernels
 // add a row's terms in integers before one conversion to float (packed_kernels.cpp).
 constexpr int TERM_SHIFT = 7;
+constexpr float TERM_SCALES[3] = {1.f, 1.f / (1 << TERM_SHIFT), 1.f / (1 << 2 * TERM_SHIFT)};  // 2^(-TERM_SHIFT t)
 
 // Row i of x as `terms` rows of int8 blocks (rows terms*i ..). The first rounds x with
 // d = max|x| / 127 per block; term t rounds what the ones before missed with d / 128^t,
@@ -178,25 +202,51 @@ constexpr int TERM_SHIFT = 7;
 // GGML's Q8_K) for the k-quant ones.
 inline Q8Act quantize_act(const float* x, int64_t m, int64_t k, int64_t terms, int64_t block = 32) {
   const int64_t nb = k / 32, nd = k / block, rows = m * terms;
-  Q8Act a{std::vector<int8_t>(rows * k), std::vector<float>(rows * nd), std::vector<int32_t>(rows * nb)};
-  at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
+  Q8Act a{Filled<int8_t>(rows * k), Filled<float>(rows * nd), Filled<int32_t>(rows * nb)};
+  // plain pointers: through the vectors, each int8 store (which may alias anything) made the
+  // compiler load their data pointers again
+  int8_t* const q = a.q.data();
+  float* const scales = a.d.data();
+  int32_t* const sums = a.s.data();
+  // rows split between threads where there is enough of them (8 rows of 5632 values in three
+  // terms: 64 us on one thread, a decode step's largest overhead)
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / (k * terms));
+  at::parallel_for(0, m, grain, [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* src = x + r * k;
       for (int64_t i = 0; i < nd; ++i) {
         const float d = block_scale(src + block * i, block);
-        for (int64_t t = 0; t < terms; ++t) a.d[(r * terms + t) * nd + i] = std::ldexp(d, -TERM_SHIFT * int(t));
+        // times 2^(-TERM_SHIFT t), exactly as ldexp would round it, without a libm call a term
+        for (int64_t t = 0; t < terms; ++t) scales[(r * terms + t) * nd + i] = d * TERM_SCALES[t];
       }
       for (int64_t c = 0; c < nb; ++c) {  // 32 values at a time, each term rounding the rest
+#ifdef __AVX512F__
+        // the same steps 16 values a register: the same integers (saturated to int8 alike)
+        __m512 rest[2] = {_mm512_loadu_ps(src + 32 * c), _mm512_loadu_ps(src + 32 * c + 16)};
+        for (int64_t t = 0; t < terms; ++t) {
+          const int64_t row = r * terms + t;
+          const float step = scales[row * nd + 32 * c / block], inv = 1.f / step;  // step tiny: inf, the term 0
+          const __m512 scale = _mm512_set1_ps(step > 0.f && std::isfinite(inv) ? inv : 0.f);
+          __m512i qi[2];
+          for (int j = 0; j < 2; ++j) {
+            qi[j] = _mm512_cvt_roundps_epi32(_mm512_mul_ps(rest[j], scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i*)(q + row * k + 32 * c + 16 * j), _mm512_cvtsepi32_epi8(qi[j]));
+          }
+          sums[row * nb + c] = _mm512_reduce_add_epi32(_mm512_add_epi32(qi[0], qi[1]));
+          for (int j = 0; j < 2; ++j) rest[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(qi[j]), _mm512_set1_ps(step), rest[j]);
+        }
+#else
         __m256 rest[4];
         __m256i qi[4];
         for (int j = 0; j < 4; ++j) rest[j] = _mm256_loadu_ps(src + 32 * c + 8 * j);
         for (int64_t t = 0; t < terms; ++t) {
           const int64_t row = r * terms + t;
-          const float step = a.d[row * nd + 32 * c / block], inv = 1.f / step;  // step tiny: inf, the term 0
-          round_to_int8(rest, _mm256_set1_ps(step > 0.f && std::isfinite(inv) ? inv : 0.f), a.q.data() + row * k + 32 * c, qi);
-          a.s[row * nb + c] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
+          const float step = scales[row * nd + 32 * c / block], inv = 1.f / step;  // step tiny: inf, the term 0
+          round_to_int8(rest, _mm256_set1_ps(step > 0.f && std::isfinite(inv) ? inv : 0.f), q + row * k + 32 * c, qi);
+          sums[row * nb + c] = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
           for (int j = 0; j < 4; ++j) rest[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(qi[j]), _mm256_set1_ps(step), rest[j]);
         }
+#endif
       }
     }
   });

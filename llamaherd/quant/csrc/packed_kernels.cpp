@@ -172,9 +172,9 @@ struct BlockTerms {
   int32_t start[3];
 };
 
-std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64_t terms, int offset) {
-  std::vector<BlockTerms> out(m * nb);
-  const float top = std::ldexp(1.f, TERM_SHIFT * int(terms - 1));
+Filled<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64_t terms, int offset) {
+  Filled<BlockTerms> out(m * nb);
+  const float top = std::ldexp(1.f, TERM_SHIFT * int(terms - 1)), inv_top = 1.f / top;  // powers of two: exact
   for (int64_t r = 0; r < m; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       const int32_t* s = a.s.data() + r * terms * nb + b;  // term t's sum at s[t * nb]
@@ -182,7 +182,7 @@ std::vector<BlockTerms> block_terms(const Q8Act& a, int64_t m, int64_t nb, int64
       BlockTerms& x = out[r * nb + b];
       for (int64_t t = 0; t < terms; ++t) x.start[t] = -offset * s[t * nb];
       for (int64_t t = 1; t < terms; ++t) tail = (tail << TERM_SHIFT) + s[t * nb];
-      x.e = a.d[r * terms * nb + b] / top;
+      x.e = a.d[r * terms * nb + b] * inv_top;
       x.all = x.e * (float(s[0]) * top + float(tail));
     }
   return out;
@@ -447,17 +447,19 @@ inline bool pays(int64_t m, int64_t terms) { return m * terms >= MIN_TERM_ROWS &
 // y [m, n] on the tiles: threads split the pairs of weight groups (an odd last group: Lanes8),
 // ROW_BLOCK rows of x at a time, whose terms stay in the caches while every pair goes by.
 template <int64_t T, int TERMS>
-void gemm(const Q8Act& a, const std::vector<BlockTerms>& bt, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+void gemm(const Q8Act& a, const Filled<BlockTerms>& bt, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   constexpr int64_t XR = TERM_ROWS / TERMS, ROW_BLOCK = XR * (64 / XR);
   const int64_t nb = k / 32, stride = nb * packed_block_bytes(T), groups = groups_of(n);
-  std::vector<int8_t> blocked(a.q.size());  // each pass's rows of terms block by block (pair_rows)
-  for (int64_t m0 = 0; m0 < m; m0 += XR) {
-    const int64_t tr = std::min(XR, m - m0) * TERMS;
-    const int8_t* src = a.q.data() + m0 * TERMS * k;
-    int8_t* dst = blocked.data() + m0 * TERMS * k;
-    for (int64_t j = 0; j < nb; ++j)
-      for (int64_t r = 0; r < tr; ++r) std::memcpy(dst + (j * tr + r) * 32, src + r * k + 32 * j, 32);
-  }
+  Filled<int8_t> blocked(a.q.size());  // each pass's rows of terms block by block (pair_rows)
+  at::parallel_for(0, nb, std::max<int64_t>(1, 2048 / (m * TERMS)), [&](int64_t j0, int64_t j1) {
+    for (int64_t m0 = 0; m0 < m; m0 += XR) {
+      const int64_t tr = std::min(XR, m - m0) * TERMS;
+      const int8_t* src = a.q.data() + m0 * TERMS * k;
+      int8_t* dst = blocked.data() + m0 * TERMS * k;
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t r = 0; r < tr; ++r) std::memcpy(dst + (j * tr + r) * 32, src + r * k + 32 * j, 32);
+    }
+  });
   for (int64_t r0 = 0; r0 < m; r0 += ROW_BLOCK) {
     const int64_t r1 = std::min(m, r0 + ROW_BLOCK);
     const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (2 * stride * std::max<int64_t>(1, (r1 - r0) * TERMS / 4)));
@@ -495,7 +497,7 @@ template <int64_t T>
 void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   const int64_t nb = k / 32, gb = packed_block_bytes(T), stride = nb * gb, groups = groups_of(n);
   constexpr int WIDE = WideLanes::ROWS / 8;
-  const std::vector<BlockTerms> bt = block_terms(a, m, nb, terms, TERMS_IN_INT32<T> ? OFFSET<T> : 0);
+  const Filled<BlockTerms> bt = block_terms(a, m, nb, terms, TERMS_IN_INT32<T> ? OFFSET<T> : 0);
 #ifdef __AMX_INT8__
   if (amx::pays(m, terms)) {
     switch (terms) {
