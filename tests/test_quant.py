@@ -241,6 +241,24 @@ def test_a_loaded_model_cuts_its_packed_weights_from_one_huge_page_arena(smollm2
     assert arena.take(100).numel() == 100 and arena.take(10).numel() == 10  # past the plan: a buffer of its own
 
 
+@pytest.mark.parametrize("slow", [False, True])
+def test_the_arena_leaves_huge_pages_that_are_slow_to_come_by(monkeypatch, slow):
+    """WeightArena times the first huge page of each weight it hands out; once most of the
+    last FAULT_SAMPLES took longer than SLOW_HUGE_PAGE_S (here: any time at all, or none), the
+    rest of its mapping is advised against huge pages, the part handed out keeps them."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no transparent huge pages (not Linux)")
+    monkeypatch.setattr(gguf_linear, "SLOW_HUGE_PAGE_S", 0.0 if slow else float("inf"))
+    size, samples = 3 * gguf_linear.HUGE_PAGE_BYTES, gguf_linear.FAULT_SAMPLES
+    arena = gguf_linear.WeightArena([size] * (samples + 3))
+    weights = [arena.take(size) for _ in range(samples + 3)]
+    assert "hg" in _vm_flags(weights[0].data_ptr()) and "hg" in _vm_flags(weights[samples - 1].data_ptr())
+    later = _vm_flags(weights[samples].data_ptr() + gguf_linear.HUGE_PAGE_BYTES)
+    assert ("nh" in later and "hg" not in later) if slow else ("hg" in later)
+    weights[-1].fill_(7)  # the mapping is whole and writable on both sides of the advice
+    assert int(weights[-1][-1]) == 7 and int(weights[0][0]) == 0
+
+
 def _peak_kib() -> int:
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 

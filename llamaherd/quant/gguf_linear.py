@@ -40,6 +40,8 @@ The float paths compute x @ dequantize(W)^T up to the order of float additions.
 from __future__ import annotations
 
 import mmap
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -59,6 +61,7 @@ AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 HUGE_PAGE_BYTES = 2 << 20  # packed weights this large go on huge pages (weight_buffer)
+FAULT_SAMPLES, SLOW_HUGE_PAGE_S = 4, 1e-3  # huge pages slower than this to fault in: the rest on small pages (WeightArena)
 
 _scratch: dict[torch.device, torch.Tensor] = {}
 Release = Callable[["GGUFLinear", int, int], None]  # (layer, start, nbytes): its source bytes were copied
@@ -79,28 +82,42 @@ def weight_buffer(nbytes: int) -> torch.Tensor:
     streams every weight once a token; on 4 KiB pages each page costs a TLB miss and the
     hardware prefetcher stops at its end. TinyLlama-shaped, 2 threads, decode on 4 KiB ->
     huge pages: Q4_0 33-35 -> 36-38 tokens/s, with int8 activations 38-40 -> 42-44, Q8_0
-    20.5-21 -> 23-24; same load time and RSS. The loader cuts a model's weights from one
-    such buffer (WeightArena)."""
+    20.5-21 -> 23-24; same load time and RSS where memory is at hand (see WeightArena). The
+    loader cuts a model's weights from one such buffer."""
+    return _huge_page_mapping(nbytes)[0]
+
+
+def _huge_page_mapping(nbytes: int) -> tuple[torch.Tensor, mmap.mmap | None]:
+    """weight_buffer's tensor and the mapping it lies in (None: not on huge pages)."""
     if nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):  # small, or not Linux
-        return torch.empty(nbytes, dtype=torch.uint8)
+        return torch.empty(nbytes, dtype=torch.uint8), None
     buf = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE)  # private: shared anonymous memory is shmem, not THP
     buf.madvise(mmap.MADV_HUGEPAGE)
     whole = torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps buf (and its pages) alive
     start = -whole.data_ptr() % HUGE_PAGE_BYTES
-    return whole[start : start + nbytes]
+    return whole[start : start + nbytes], buf
 
 
 class WeightArena:
     """Packed weights cut one after another from one weight_buffer, so nearly all of a model's
     bytes sit on huge pages: weights apart each leave their last partial 2 MiB on small pages
     (TinyLlama-shaped Q4_0: 393 of its 556 MiB on huge pages apart, all of them here), and
-    each of those small pages costs a page fault while loading."""
+    each of those small pages costs a page fault while loading.
+
+    Unless huge pages are slow to come by: a virtual machine whose host backs guest memory
+    when it is first touched, and takes back what the guest frees (Firecracker's free page
+    reporting), gave fresh 2 MiB pages at ~0.5 GB/s against ~8 GB/s once backed (4.5 against
+    0.23 ms a page), and loading TinyLlama-shaped Q4_0 took 1.0-1.4 s instead of 0.35 s; small
+    pages come from memory still backed (0.4 s either way, decoding 8% slower). Where a weight
+    is handed out, its first huge page is faulted in and timed: once most of the last few
+    took longer than SLOW_HUGE_PAGE_S, the rest of the arena goes on small pages."""
 
     ALIGN = 64  # each weight starts on a cache line
 
     def __init__(self, sizes: list[int]) -> None:
-        self._buffer = weight_buffer(sum(self.padded(n) for n in sizes))
+        self._buffer, self._mapping = _huge_page_mapping(sum(self.padded(n) for n in sizes))
         self._used = 0
+        self._fault_times: list[float] = []
 
     @classmethod
     def padded(cls, nbytes: int) -> int:
@@ -111,8 +128,26 @@ class WeightArena:
         if self._used + nbytes > self._buffer.numel():
             return weight_buffer(nbytes)
         out = self._buffer[self._used : self._used + nbytes]
+        self._time_a_huge_page(self._used)
         self._used += self.padded(nbytes)
         return out
+
+    def _time_a_huge_page(self, offset: int) -> None:
+        if self._mapping is None:
+            return
+        page = -(-offset // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES  # the buffer starts on one
+        if page >= self._buffer.numel():
+            return
+        at = self._buffer.data_ptr() - self._mapping_address() + page
+        began = time.perf_counter()
+        self._mapping[at] = 0  # faulted in (the pack writes it next)
+        self._fault_times = [*self._fault_times[-(FAULT_SAMPLES - 1):], time.perf_counter() - began]
+        if len(self._fault_times) == FAULT_SAMPLES and statistics.median(self._fault_times) > SLOW_HUGE_PAGE_S:
+            self._mapping.madvise(mmap.MADV_NOHUGEPAGE, at + HUGE_PAGE_BYTES)
+            self._mapping = None
+
+    def _mapping_address(self) -> int:
+        return torch.frombuffer(self._mapping, dtype=torch.uint8, count=1).data_ptr()
 
 
 def row_bytes(ggml_type: int, row_len: int) -> int:
