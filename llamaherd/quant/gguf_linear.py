@@ -56,7 +56,7 @@ PACKED_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.
 FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multiplied as floats, a row at a time
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time
-DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS
+DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS (or AMX_TYPES' tiles)
 AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0})  # tiles for many rows
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
@@ -87,15 +87,16 @@ def weight_buffer(nbytes: int) -> torch.Tensor:
     return _huge_page_mapping(nbytes)[0]
 
 
-def _huge_page_mapping(nbytes: int) -> tuple[torch.Tensor, mmap.mmap | None]:
-    """weight_buffer's tensor and the mapping it lies in (None: not on huge pages)."""
+def _huge_page_mapping(nbytes: int) -> tuple[torch.Tensor, mmap.mmap | None, int]:
+    """weight_buffer's tensor, the mapping it lies in (None: not on huge pages) and where in
+    the mapping it starts."""
     if nbytes < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):  # small, or not Linux
-        return torch.empty(nbytes, dtype=torch.uint8), None
+        return torch.empty(nbytes, dtype=torch.uint8), None, 0
     buf = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE)  # private: shared anonymous memory is shmem, not THP
     buf.madvise(mmap.MADV_HUGEPAGE)
     whole = torch.frombuffer(buf, dtype=torch.uint8)  # the tensor keeps buf (and its pages) alive
     start = -whole.data_ptr() % HUGE_PAGE_BYTES
-    return whole[start : start + nbytes], buf
+    return whole[start : start + nbytes], buf, start
 
 
 class WeightArena:
@@ -115,7 +116,7 @@ class WeightArena:
     ALIGN = 64  # each weight starts on a cache line
 
     def __init__(self, sizes: list[int]) -> None:
-        self._buffer, self._mapping = _huge_page_mapping(sum(self.padded(n) for n in sizes))
+        self._buffer, self._mapping, self._start = _huge_page_mapping(sum(self.padded(n) for n in sizes))
         self._used = 0
         self._fault_times: list[float] = []
 
@@ -138,16 +139,13 @@ class WeightArena:
         page = -(-offset // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES  # the buffer starts on one
         if page >= self._buffer.numel():
             return
-        at = self._buffer.data_ptr() - self._mapping_address() + page
+        at = self._start + page
         began = time.perf_counter()
         self._mapping[at] = 0  # faulted in (the pack writes it next)
         self._fault_times = [*self._fault_times[-(FAULT_SAMPLES - 1):], time.perf_counter() - began]
         if len(self._fault_times) == FAULT_SAMPLES and statistics.median(self._fault_times) > SLOW_HUGE_PAGE_S:
             self._mapping.madvise(mmap.MADV_NOHUGEPAGE, at + HUGE_PAGE_BYTES)
             self._mapping = None
-
-    def _mapping_address(self) -> int:
-        return torch.frombuffer(self._mapping, dtype=torch.uint8, count=1).data_ptr()
 
 
 def row_bytes(ggml_type: int, row_len: int) -> int:
