@@ -243,9 +243,10 @@ def test_a_loaded_model_cuts_its_packed_weights_from_one_huge_page_arena(smollm2
 
 @pytest.mark.parametrize("slow", [False, True])
 def test_the_arena_leaves_huge_pages_that_are_slow_to_come_by(monkeypatch, slow):
-    """WeightArena times the first huge page of each weight it hands out; once most of the
-    last FAULT_SAMPLES took longer than SLOW_HUGE_PAGE_S (here: any time at all, or none), the
-    rest of its mapping is advised against huge pages, the part handed out keeps them."""
+    """WeightArena times the first huge page of each weight it hands out; once the last
+    FAULT_SAMPLES took longer than SLOW_HUGE_PAGE_S on average (here: any time at all, or
+    none), the rest of its mapping is advised against huge pages, the part handed out keeps
+    them."""
     if not hasattr(mmap, "MADV_HUGEPAGE"):
         pytest.skip("no transparent huge pages (not Linux)")
     monkeypatch.setattr(gguf_linear, "SLOW_HUGE_PAGE_S", 0.0 if slow else float("inf"))

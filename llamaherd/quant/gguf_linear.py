@@ -110,8 +110,9 @@ class WeightArena:
     reporting), gave fresh 2 MiB pages at ~0.5 GB/s against ~8 GB/s once backed (4.5 against
     0.23 ms a page), and loading TinyLlama-shaped Q4_0 took 1.0-1.4 s instead of 0.35 s; small
     pages come from memory still backed (0.4 s either way, decoding 8% slower). Where a weight
-    is handed out, its first huge page is faulted in and timed: once most of the last few
-    took longer than SLOW_HUGE_PAGE_S, the rest of the arena goes on small pages."""
+    is handed out, its first huge page is faulted in and timed: once the last few took longer
+    than SLOW_HUGE_PAGE_S on average (lazily backed memory comes mixed with backed memory: one
+    slow page in four is enough), the rest of the arena goes on small pages."""
 
     ALIGN = 64  # each weight starts on a cache line
 
@@ -143,7 +144,7 @@ class WeightArena:
         began = time.perf_counter()
         self._mapping[at] = 0  # faulted in (the pack writes it next)
         self._fault_times = [*self._fault_times[-(FAULT_SAMPLES - 1):], time.perf_counter() - began]
-        if len(self._fault_times) == FAULT_SAMPLES and statistics.median(self._fault_times) > SLOW_HUGE_PAGE_S:
+        if len(self._fault_times) == FAULT_SAMPLES and statistics.fmean(self._fault_times) > SLOW_HUGE_PAGE_S:
             self._mapping.madvise(mmap.MADV_NOHUGEPAGE, at + HUGE_PAGE_BYTES)
             self._mapping = None
 
