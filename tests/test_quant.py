@@ -136,6 +136,30 @@ def test_amx_tiles_give_the_vector_kernels_floats(name):
         native().use_amx(True)
 
 
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_wide_lanes_give_the_8_row_kernels_floats(name):
+    """With AVX-512 the packed products take two groups of 8 weight rows a register (Lanes16),
+    and a lone group 8 (Lanes8): per row the same integer and float steps, so the same floats.
+    A 24-row weight's groups 0-1 go wide, its group 2 and each 8-row slice alone go narrow;
+    the slices must match their columns bit for bit (a lane mixed up between the two groups,
+    or a scale taken from the wrong one, would not)."""
+    if native() is None:
+        pytest.skip("no native kernels")
+    n, k = 24, 512
+    w = np.random.default_rng(5).standard_normal((n, k), dtype=np.float32)
+    raw = gguf_bytes(w, TYPES[name])
+    row_bytes = raw.numel() // n
+    layer = GGUFLinear(raw, int(TYPES[name]), n, k)
+    slices = [GGUFLinear(raw[row_bytes * r : row_bytes * (r + 8)].clone(), int(TYPES[name]), 8, k) for r in (0, 8, 16)]
+    for rows in (1, 2, 5):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)) * torch.rand(rows, 1) * 10
+        for terms in (1, 3):
+            whole = native().gemm_packed(x, layer.packed, layer.ggml_type, n, terms)
+            for i, part in enumerate(slices):
+                alone = native().gemm_packed(x, part.packed, part.ggml_type, 8, terms)
+                assert torch.equal(whole[:, 8 * i : 8 * i + 8], alone), (rows, terms, i)
+
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"])
 def test_concat_equals_separate_layers(name):
     """q/k/v fused into one product: the same numbers as three products, bit for bit

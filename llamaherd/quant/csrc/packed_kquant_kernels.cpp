@@ -242,17 +242,18 @@ inline void k45_sub_scales(const uint8_t* blk, int r, int j, float& d1, float& m
   m1 = half(blk + K4_DMIN + 2 * r) * float(blk[K4_MINS + 8 * j + r]);
 }
 
-// Q4_K, Q5_K: chunk c of packed sub-block `sub` as whole values (lo, hi: as Q4_0's), Q5_K's
-// fifth bits moved from their byte (layout above) to bit 4.
-template <int64_t T>
-inline void k45_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
-  const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c)), low4 = _mm256_set1_epi8(0x0F);
-  lo = _mm256_and_si256(raw, low4);
-  hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+// Q4_K, Q5_K: chunk c of packed sub-block `sub` as whole values (lo, hi: as Q4_0's) for L's
+// rows (Lanes16: the next group's sub-block `stride` bytes on), Q5_K's fifth bits moved from
+// their byte (layout above) to bit 4.
+template <int64_t T, class L>
+inline void k45_chunk(const uint8_t* sub, int64_t stride, int c, typename L::I& lo, typename L::I& hi) {
+  const typename L::I raw = L::chunk(sub + 32 * c, stride);
+  lo = L::low4(raw);
+  hi = L::high4(raw);
   if constexpr (T == Q5_K) {
-    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128)), bit4 = _mm256_set1_epi8(0x10);
-    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(top, 4 - c), bit4));
-    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(top, c), bit4));
+    const typename L::I top = L::chunk(sub + 128, stride), bit4 = L::bytes(0x10);
+    lo = L::bit_or(lo, L::bit_and(L::shl16(top, 4 - c), bit4));
+    hi = L::bit_or(hi, L::bit_and(L::shr16(top, c), bit4));
   }
 }
 
@@ -263,7 +264,7 @@ inline void dequant_k45_group(const uint8_t* blk, float* out, int64_t k) {
     for (int r = 0; r < 8; ++r) k45_sub_scales(blk, r, j, d1[r], m1[r]);
     for (int c = 0; c < 4; ++c) {
       __m256i lo, hi;
-      k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo, hi);
+      k45_chunk<T, Lanes8>(blk + K4_CHUNKS + K45_SUB<T> * j, 0, c, lo, hi);
       __m256 rows[8];
       chunk_rows(lo, hi, rows);
       for (int r = 0; r < 8; ++r)
@@ -272,26 +273,26 @@ inline void dequant_k45_group(const uint8_t* blk, float* out, int64_t k) {
   }
 }
 
-// k16: chunk c of packed sub-block `sub` as whole unsigned values, as Q4's lo and hi (layout above).
-template <int64_t T>
-inline void k16_chunk(const uint8_t* sub, int c, __m256i& lo, __m256i& hi) {
+// k16: chunk c of packed sub-block `sub` as whole unsigned values, as Q4's lo and hi (layout
+// above), for L's rows (as k45_chunk).
+template <int64_t T, class L>
+inline void k16_chunk(const uint8_t* sub, int64_t stride, int c, typename L::I& lo, typename L::I& hi) {
+  using I = typename L::I;
   if constexpr (T == Q6_K) {  // low 4 bits from the chunk, top 2 from the top-bit register
-    const __m256i raw = _mm256_loadu_si256((const __m256i*)(sub + 32 * c));
-    const __m256i top = _mm256_loadu_si256((const __m256i*)(sub + 128 + 32 * (c / 2)));
-    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
-    const __m256i top_lo = c % 2 ? top : _mm256_slli_epi16(top, 4);
-    const __m256i top_hi = c % 2 ? _mm256_srli_epi16(top, 2) : _mm256_slli_epi16(top, 2);
-    lo = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(top_lo, bits45));
-    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_and_si256(top_hi, bits45));
+    const I raw = L::chunk(sub + 32 * c, stride), top = L::chunk(sub + 128 + 32 * (c / 2), stride), bits45 = L::bytes(0x30);
+    const I top_lo = c % 2 ? top : L::shl16(top, 4);
+    const I top_hi = c % 2 ? L::shr16(top, 2) : L::shl16(top, 2);
+    lo = L::bit_or(L::low4(raw), L::bit_and(top_lo, bits45));
+    hi = L::bit_or(L::high4(raw), L::bit_and(top_hi, bits45));
   } else {  // 2 bits at 2c of the low and high registers; Q3_K's third at bits c and 4 + c
-    const __m256i two = _mm256_set1_epi8(3);
-    lo = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)sub), 2 * c), two);
-    hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(sub + 32)), 2 * c), two);
+    const I two = L::bytes(3);
+    lo = L::bit_and(L::shr16(L::chunk(sub, stride), 2 * c), two);
+    hi = L::bit_and(L::shr16(L::chunk(sub + 32, stride), 2 * c), two);
     if constexpr (T == Q3_K) {
-      const __m256i third = _mm256_loadu_si256((const __m256i*)(sub + 64)), bit2 = _mm256_set1_epi8(4);
-      const __m256i third_lo = c < 2 ? _mm256_slli_epi16(third, 2 - c) : _mm256_srli_epi16(third, c - 2);
-      lo = _mm256_or_si256(lo, _mm256_and_si256(third_lo, bit2));
-      hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(third, 2 + c), bit2));
+      const I third = L::chunk(sub + 64, stride), bit2 = L::bytes(4);
+      const I third_lo = c < 2 ? L::shl16(third, 2 - c) : L::shr16(third, c - 2);
+      lo = L::bit_or(lo, L::bit_and(third_lo, bit2));
+      hi = L::bit_or(hi, L::bit_and(L::shr16(third, 2 + c), bit2));
     }
   }
 }
@@ -311,7 +312,7 @@ inline void dequant_k16_group(const uint8_t* blk, float* out, int64_t k) {
   for (int j = 0; j < 8; ++j)
     for (int c = 0; c < 4; ++c) {
       __m256i lo, hi;
-      k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo, hi);
+      k16_chunk<T, Lanes8>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, 0, c, lo, hi);
       __m256 rows[8];
       chunk_rows(lo, hi, rows);
       for (int r = 0; r < 8; ++r) {
@@ -408,140 +409,169 @@ std::vector<float> span_sums(const float* x, int64_t m, int64_t k, int span) {
   return sums;
 }
 
-// Q4_K, Q5_K: y[m, 8g .. 8g+7] for TM rows of x against weight group g, x carried by TERMS int8
-// terms with one scale per 256 values (quantize_act's block 256: one per super-block, as GGML's
-// Q8_K). A sub-block's 32 products of each row sum in int16 (8 pair sums <= 8 * 2 * 15 * 127;
-// Q5_K's 5-bit values: each half apart, 4 * 2 * 31 * 127) and meet its 6-bit scale in one
-// int16 multiply-add (Q5_K: two), lane r with row r's: as many integer operations as Q4_0's
-// block. The 8 sub-blocks add in int32 (<= 8 * 63 * 2 * 31496 < 2^31),
-// the terms in float (1 + 2^-24 of their sum), and the minimums' share, -dmin * min * sum(x),
-// takes x's float sums per 32 values (xsum [m, k / 32]), as the k-quant kernel does.
-template <int64_t T, int TM, int TERMS>
-inline void k45_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k, float* out8) {
-  const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM] = {};
-  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  for (int64_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* blk = gw + sb * gb;
-    prefetch_ahead(blk, gb);
-    __m256i isum[TM][TERMS] = {};
-    for (int j = 0; j < 8; ++j) {
-      const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_SCALES + 8 * j)));
-      const __m256i sc16 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));  // row r's scale in both its int16 lanes
-      __m256i lo[4], hi[4];
-      for (int c = 0; c < 4; ++c) k45_chunk<T>(blk + K4_CHUNKS + K45_SUB<T> * j, c, lo[c], hi[c]);
-      for (int m = 0; m < TM; ++m)
-        for (int t = 0; t < TERMS; ++t) {
-          __m256i s[4];
-          chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-          const __m256i half01 = _mm256_add_epi16(s[0], s[1]), half23 = _mm256_add_epi16(s[2], s[3]);
-          const __m256i prod = T == Q5_K ? _mm256_add_epi32(_mm256_madd_epi16(half01, sc16), _mm256_madd_epi16(half23, sc16))
-                                         : _mm256_madd_epi16(_mm256_add_epi16(half01, half23), sc16);
-          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
-        }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
-    const __m256 dminw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + K4_DMIN)));
-    const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT));
-    for (int m = 0; m < TM; ++m) {
-      __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
-      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      const float* xs = xsum + (m0 + m) * (k / 32) + 8 * sb;
-      __m256 mins = _mm256_setzero_ps();
-      for (int j = 0; j < 8; ++j)
-        mins = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + K4_MINS + 8 * j)))), _mm256_set1_ps(xs[j]), mins);
-      acc[m] = _mm256_fnmadd_ps(dminw, mins, _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(e)), f, acc[m]));
+// Row r's (lane r's) products with 32 values of x at xb over a sub-block's chunks c0, c0 + 1, ..
+// (lo, hi: its whole unsigned values), times the row's scale of those values (sc, int32 lanes):
+// exact in int32 (bounds at the tiles). VNNI: the products add up in int32 and meet the scale
+// in one multiply; else their int16 pair sums meet it in a multiply-add (Lanes8 only), which
+// holds 8 pair sums of 4-bit values (8 * 2 * 15 * 127), half of 5-bit ones and 2 of 6-bit ones.
+template <int64_t T, class L, int C0, int CHUNKS>
+inline typename L::I scaled_dot(const typename L::I* lo, const typename L::I* hi, const int8_t* xb, typename L::I sc) {
+  if constexpr (L::VNNI) {
+    typename L::I dot = L::zero();
+    for (int c = C0; c < C0 + CHUNKS; ++c) dot = L::dot4_x(L::dot4_x(dot, lo[c], xb + 8 * c), hi[c], xb + 8 * c + 4);
+    return L::mul_int(dot, sc);
+  } else {
+    const __m256i sc16 = _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA);  // in both int16 lanes of a row
+    __m256i s[4];
+    chunk_sums16(lo, hi, xb, s);  // (all four: the compiler drops the ones not read)
+    if constexpr (CHUNKS == 2) {
+      if constexpr (T == Q6_K) return _mm256_add_epi32(_mm256_madd_epi16(s[C0], sc16), _mm256_madd_epi16(s[C0 + 1], sc16));
+      else return _mm256_madd_epi16(_mm256_add_epi16(s[C0], s[C0 + 1]), sc16);
+    } else {
+      const __m256i half01 = _mm256_add_epi16(s[0], s[1]), half23 = _mm256_add_epi16(s[2], s[3]);
+      if constexpr (T == Q5_K) return _mm256_add_epi32(_mm256_madd_epi16(half01, sc16), _mm256_madd_epi16(half23, sc16));
+      else return _mm256_madd_epi16(_mm256_add_epi16(half01, half23), sc16);
     }
   }
-  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
+}
+
+// Q4_K, Q5_K: y[m, 8g ..] for TM rows of x against L::ROWS / 8 weight groups from g (gw; the
+// next one `stride` bytes on), row m of the tile at out + m * out_stride; x carried by TERMS
+// int8 terms with one scale per 256 values (quantize_act's block 256: one per super-block, as
+// GGML's Q8_K). Each sub-block's 32 products of a row meet its 6-bit scale in integers
+// (scaled_dot); the 8 sub-blocks add in int32 (<= 8 * 63 * 32 * 31 * 127 < 2^31), the terms
+// in float (1 + 2^-24 of their sum), and the minimums' share, -dmin * min * sum(x), takes x's
+// float sums per 32 values (xsum [m, k / 32]), as the k-quant kernel does. Per lane the
+// operations are the same at either width: the same floats.
+template <int64_t T, int TM, int TERMS, class L>
+inline void k45_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const Q8Act& a, const float* xsum, int64_t m0, int64_t k,
+                           float* out, int64_t out_stride) {
+  using I = typename L::I;
+  using F = typename L::F;
+  const int64_t gb = packed_block_bytes(T);
+  F acc[TM];
+  for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
+  const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
+  const F next = L::all(float(1 << TERM_SHIFT));
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* blk = gw + sb * gb;
+    L::prefetch(blk, gb, stride);
+    I isum[TM][TERMS];
+    for (int m = 0; m < TM; ++m)
+      for (int t = 0; t < TERMS; ++t) isum[m][t] = L::zero();
+    for (int j = 0; j < 8; ++j) {
+      const I sc = L::bytes_u32(blk + K4_SCALES + 8 * j, stride);
+      I lo[4], hi[4];
+      for (int c = 0; c < 4; ++c) k45_chunk<T, L>(blk + K4_CHUNKS + K45_SUB<T> * j, stride, c, lo[c], hi[c]);
+      for (int m = 0; m < TM; ++m)
+        for (int t = 0; t < TERMS; ++t)
+          isum[m][t] = L::add(isum[m][t], scaled_dot<T, L, 0, 4>(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, sc));
+    }
+    const F dw = L::halves(blk, stride), dminw = L::halves(blk + K4_DMIN, stride);
+    for (int m = 0; m < TM; ++m) {
+      F f = L::to_float(isum[m][0]);  // in units of the last term's scale
+      for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, next, L::to_float(isum[m][t]));
+      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
+      const float* xs = xsum + (m0 + m) * (k / 32) + 8 * sb;
+      F mins = L::all(0.f);
+      for (int j = 0; j < 8; ++j) mins = L::fmadd(L::to_float(L::bytes_u32(blk + K4_MINS + 8 * j, stride)), L::all(xs[j]), mins);
+      acc[m] = L::fnmadd(dminw, mins, L::fmadd(L::mul(dw, L::all(e)), f, acc[m]));
+    }
+  }
+  for (int m = 0; m < TM; ++m) L::store(out + out_stride * m, acc[m]);
 }
 
 // k16 (Q2_K, Q3_K, Q6_K): as Q4_K, with two scales a sub-block, one per 16 values (chunks 0-1
-// and 2-3). Q6_K's pair sums of 6-bit values (<= 2 * 2 * 63 * 127 a chunk) fill int16, so each
-// chunk meets its scale in its own multiply-add (8 sub-blocks: <= 8 * 4 * 128 * 2 * 32004 <
-// 2^31); Q3_K's and Q2_K's two chunks at a time. The values are u = q + offset: the offset
-// comes back as -offset * d * sum(scale * x), Q2_K's minimums as -dmin * sum(min * x), on x's
-// float sums per 16 values (xsum16 [m, k / 16]).
-template <int64_t T, int TM, int TERMS>
-inline void k16_group_tile(const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k, float* out8) {
+// and 2-3; 8 sub-blocks of Q6_K: <= 8 * 2 * 128 * 16 * 63 * 128 < 2^31). The values are u = q +
+// offset: the offset comes back as -offset * d * sum(scale * x), Q2_K's minimums as
+// -dmin * sum(min * x), on x's float sums per 16 values (xsum16 [m, k / 16]).
+template <int64_t T, int TM, int TERMS, class L>
+inline void k16_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const Q8Act& a, const float* xsum16, int64_t m0, int64_t k,
+                           float* out, int64_t out_stride) {
+  using I = typename L::I;
+  using F = typename L::F;
   const int64_t gb = packed_block_bytes(T);
-  __m256 acc[TM] = {};
+  F acc[TM];
+  for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  const __m256 next = _mm256_set1_ps(float(1 << TERM_SHIFT)), minus_offset = _mm256_set1_ps(-float(K16_OFFSET<T>));
+  const F next = L::all(float(1 << TERM_SHIFT)), minus_offset = L::all(-float(K16_OFFSET<T>));
   // row r's scale (of 16 values g) in lane r, as int32
-  auto scales = [](const uint8_t* blk, int g) {
-    const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
-    if constexpr (T == Q2_K) return _mm256_and_si256(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(0x0F));
-    else return _mm256_cvtepi8_epi32(bytes);
+  auto scales = [stride](const uint8_t* blk, int g) {
+    if constexpr (T == Q2_K) return L::bit_and(L::bytes_u32(blk + K16_SCALES<T> + 8 * g, stride), L::all_int(0x0F));
+    else return L::bytes_i32(blk + K16_SCALES<T> + 8 * g, stride);
   };
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
-    prefetch_ahead(blk, gb);
-    __m256i isum[TM][TERMS] = {};
+    L::prefetch(blk, gb, stride);
+    I isum[TM][TERMS];
+    for (int m = 0; m < TM; ++m)
+      for (int t = 0; t < TERMS; ++t) isum[m][t] = L::zero();
     for (int j = 0; j < 8; ++j) {
-      __m256i lo[4], hi[4], sc16[2];
-      for (int c = 0; c < 4; ++c) k16_chunk<T>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, c, lo[c], hi[c]);
-      for (int h = 0; h < 2; ++h) {  // row r's scale in both its int16 lanes
-        const __m256i sc = scales(blk, 2 * j + h);
-        sc16[h] = _mm256_blend_epi16(sc, _mm256_slli_epi32(sc, 16), 0xAA);
-      }
+      I lo[4], hi[4];
+      for (int c = 0; c < 4; ++c) k16_chunk<T, L>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, stride, c, lo[c], hi[c]);
+      const I sc0 = scales(blk, 2 * j), sc1 = scales(blk, 2 * j + 1);
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) {
-          __m256i s[4];
-          chunk_sums16(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, s);
-          __m256i prod;
-          if constexpr (T == Q6_K)
-            prod = _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(s[0], sc16[0]), _mm256_madd_epi16(s[1], sc16[0])),
-                                    _mm256_add_epi32(_mm256_madd_epi16(s[2], sc16[1]), _mm256_madd_epi16(s[3], sc16[1])));
-          else
-            prod = _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), sc16[0]), _mm256_madd_epi16(_mm256_add_epi16(s[2], s[3]), sc16[1]));
-          isum[m][t] = _mm256_add_epi32(isum[m][t], prod);
+          const int8_t* xb = xq + (m * TERMS + t) * k + 256 * sb + 32 * j;
+          isum[m][t] = L::add(isum[m][t], L::add(scaled_dot<T, L, 0, 2>(lo, hi, xb, sc0), scaled_dot<T, L, 2, 2>(lo, hi, xb, sc1)));
         }
     }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)blk));
+    const F dw = L::halves(blk, stride);
     for (int m = 0; m < TM; ++m) {
-      __m256 f = _mm256_cvtepi32_ps(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = _mm256_fmadd_ps(f, next, _mm256_cvtepi32_ps(isum[m][t]));
+      F f = L::to_float(isum[m][0]);  // in units of the last term's scale
+      for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, next, L::to_float(isum[m][t]));
       const float* xs = xsum16 + (m0 + m) * (k / 16) + 16 * sb;
       const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      __m256 shift = _mm256_setzero_ps();  // sum over the 16 scales (Q2_K: minimums) of it * sum(x)
+      F shift = L::all(0.f);  // sum over the 16 scales (Q2_K: minimums) of it * sum(x)
       for (int g = 0; g < 16; ++g) {
-        const __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + K16_SCALES<T> + 8 * g));
-        const __m256i by = T == Q2_K ? _mm256_srli_epi32(_mm256_cvtepu8_epi32(bytes), 4) : _mm256_cvtepi8_epi32(bytes);
-        shift = _mm256_fmadd_ps(_mm256_cvtepi32_ps(by), _mm256_set1_ps(xs[g]), shift);
+        const uint8_t* bytes = blk + K16_SCALES<T> + 8 * g;
+        const I by = T == Q2_K ? L::shift_right(L::bytes_u32(bytes, stride), 4) : L::bytes_i32(bytes, stride);
+        shift = L::fmadd(L::to_float(by), L::all(xs[g]), shift);
       }
       if constexpr (T == Q2_K)
-        acc[m] = _mm256_fnmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16))), shift, _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(e)), f, acc[m]));
+        acc[m] = L::fnmadd(L::halves(blk + 16, stride), shift, L::fmadd(L::mul(dw, L::all(e)), f, acc[m]));
       else
-        acc[m] = _mm256_fmadd_ps(dw, _mm256_fmadd_ps(_mm256_set1_ps(e), f, _mm256_mul_ps(minus_offset, shift)), acc[m]);
+        acc[m] = L::fmadd(dw, L::fmadd(L::all(e), f, L::mul(minus_offset, shift)), acc[m]);
     }
   }
-  for (int m = 0; m < TM; ++m) _mm256_storeu_ps(out8 + 8 * m, acc[m]);
+  for (int m = 0; m < TM; ++m) L::store(out + out_stride * m, acc[m]);
 }
 
 constexpr int KQ_TM = 2;  // x rows per pass (k-quants): three terms of two rows keep their sums in registers
 
-template <int64_t T, int TERMS>
-inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k, float* out8) {
-  if constexpr (T == Q4_K || T == Q5_K) (tm == 2 ? k45_group_tile<T, 2, TERMS> : k45_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
-  else (tm == 2 ? k16_group_tile<T, 2, TERMS> : k16_group_tile<T, 1, TERMS>)(gw, nsb, a, sums, m0, k, out8);
+template <int64_t T, class L, int TERMS>
+inline void kquant_tile(int64_t tm, const uint8_t* gw, int64_t stride, int64_t nsb, const Q8Act& a, const float* sums, int64_t m0, int64_t k,
+                        float* out, int64_t out_stride) {
+  if constexpr (T == Q4_K || T == Q5_K)
+    (tm == 2 ? k45_group_tile<T, 2, TERMS, L> : k45_group_tile<T, 1, TERMS, L>)(gw, stride, nsb, a, sums, m0, k, out, out_stride);
+  else
+    (tm == 2 ? k16_group_tile<T, 2, TERMS, L> : k16_group_tile<T, 1, TERMS, L>)(gw, stride, nsb, a, sums, m0, k, out, out_stride);
+}
+
+template <int64_t T, class L>
+inline void kquant_tile(int64_t terms, int64_t tm, const uint8_t* gw, int64_t stride, int64_t nsb, const Q8Act& a, const float* sums,
+                        int64_t m0, int64_t k, float* out, int64_t out_stride) {
+  switch (terms) {
+    case 1: return kquant_tile<T, L, 1>(tm, gw, stride, nsb, a, sums, m0, k, out, out_stride);
+    case 2: return kquant_tile<T, L, 2>(tm, gw, stride, nsb, a, sums, m0, k, out, out_stride);
+    default: return kquant_tile<T, L, 3>(tm, gw, stride, nsb, a, sums, m0, k, out, out_stride);
+  }
 }
 
 // y [m, n] for a packed k-quant weight: x rounded by quantize_act(x, m, k, terms, 256), with its
-// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales).
+// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales); WideLanes'
+// rows at a time (an odd last group: Lanes8), as the 32-value types.
 template <int64_t T>
 void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
-  const int64_t nsb = k / 256, gb = packed_block_bytes(T);
+  constexpr int WIDE = WideLanes::ROWS / 8;
+  const int64_t nsb = k / 256, stride = nsb * packed_block_bytes(T), groups = groups_of(n);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
   const std::vector<float> sums = span_sums(x, m, k, T == Q4_K || T == Q5_K ? 32 : 16);
-  for_group_tiles<KQ_TM>(m, n, nsb * gb, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out8) {
-    const uint8_t* gw = w + g * nsb * gb;
-    switch (terms) {
-      case 1: return kquant_tile<T, 1>(tm, gw, nsb, a, sums.data(), m0, k, out8);
-      case 2: return kquant_tile<T, 2>(tm, gw, nsb, a, sums.data(), m0, k, out8);
-      default: return kquant_tile<T, 3>(tm, gw, nsb, a, sums.data(), m0, k, out8);
-    }
+  for_group_tiles<KQ_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
+    const uint8_t* gw = w + g * stride;
+    if (g + WIDE > groups)  // the last group alone, into the tile's first 8 columns of each row
+      return kquant_tile<T, Lanes8>(terms, tm, gw, stride, nsb, a, sums.data(), m0, k, out, WideLanes::ROWS);
+    kquant_tile<T, WideLanes>(terms, tm, gw, stride, nsb, a, sums.data(), m0, k, out, WideLanes::ROWS);
   });
 }
 

@@ -135,10 +135,20 @@ struct Lanes8 {
   static Sign sign_of(I w) { return w; }
   static I with_sign(I x, Sign w) { return _mm256_sign_epi8(x, w); }  // where w is 0, |w| is too: any x
   static I add(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I mul_int(I a, I b) { return _mm256_mullo_epi32(a, b); }
   static I shift_left(I a, int bits) { return _mm256_slli_epi32(a, bits); }
+  static I shift_right(I a, int bits) { return _mm256_srli_epi32(a, bits); }
+  static I shl16(I a, int bits) { return _mm256_slli_epi16(a, bits); }
+  static I shr16(I a, int bits) { return _mm256_srli_epi16(a, bits); }
+  static I bit_and(I a, I b) { return _mm256_and_si256(a, b); }
+  static I bit_or(I a, I b) { return _mm256_or_si256(a, b); }
+  // a byte of each row (8 in a row, as the k-quants keep their sub-block scales) as int32 lanes
+  static I bytes_u32(const uint8_t* p, int64_t) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+  static I bytes_i32(const uint8_t* p, int64_t) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
   static F to_float(I a) { return _mm256_cvtepi32_ps(a); }
   static F all(float v) { return _mm256_set1_ps(v); }
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
 };
@@ -178,10 +188,22 @@ struct Lanes16 {
   static Sign sign_of(I w) { return _mm512_movepi8_mask(w); }
   static I with_sign(I x, Sign negative) { return _mm512_mask_sub_epi8(x, negative, zero(), x); }  // |x| <= 127: no overflow
   static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I mul_int(I a, I b) { return _mm512_mullo_epi32(a, b); }
   static I shift_left(I a, int bits) { return _mm512_slli_epi32(a, bits); }
+  static I shift_right(I a, int bits) { return _mm512_srli_epi32(a, bits); }
+  static I shl16(I a, int bits) { return _mm512_slli_epi16(a, bits); }
+  static I shr16(I a, int bits) { return _mm512_srli_epi16(a, bits); }
+  static I bit_and(I a, I b) { return _mm512_and_si512(a, b); }
+  static I bit_or(I a, I b) { return _mm512_or_si512(a, b); }
+  static __m128i bytes8x2(const uint8_t* p, int64_t stride) {
+    return _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)p), _mm_loadl_epi64((const __m128i*)(p + stride)));
+  }
+  static I bytes_u32(const uint8_t* p, int64_t stride) { return _mm512_cvtepu8_epi32(bytes8x2(p, stride)); }
+  static I bytes_i32(const uint8_t* p, int64_t stride) { return _mm512_cvtepi8_epi32(bytes8x2(p, stride)); }
   static F to_float(I a) { return _mm512_cvtepi32_ps(a); }
   static F all(float v) { return _mm512_set1_ps(v); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
 };
