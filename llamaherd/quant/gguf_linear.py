@@ -13,10 +13,10 @@ Nothing is decoded to float32 at load time. Products are computed
         own precision, so answers stay those of the float model (SmolLM2: same greedy
         text, logits within 1e-3 of transformers, sampled tokens independent of batching).
         One row of x (decoding) stays near the memory's limit (TinyLlama-shaped Q4_0: 25
-        against 27 GB/s with one term). For many rows the 32-value types run on AMX tiles
-        where the CPU has them (Intel since Sapphire Rapids; csrc/packed_kernels.cpp amx),
-        faster than BLAS on decoded runs (Q4_0, 512 rows: 1.35x; 64 rows: 2x); elsewhere,
-        and for the k-quants, more than DECODE_ROWS rows go to BLAS on decoded runs;
+        against 27 GB/s with one term). For many rows the packed types run on AMX tiles
+        where the CPU has them (Intel since Sapphire Rapids; csrc/amx_tiles.h), faster than
+        BLAS on decoded runs (Q4_0, 512 rows: 1.35x; 64 rows: 2x; the k-quants up to
+        KQUANT_TILE_ROWS rows); elsewhere more than DECODE_ROWS rows go to BLAS on decoded runs;
       - with int8_activations (load(..., int8_activations=True)) one term, as llama.cpp does:
         a third of the arithmetic, but |error| <= half a step (1/254 of the block's largest
         value) moves logits by ~1 on SmolLM2.
@@ -57,7 +57,14 @@ FLOAT_WEIGHTS = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})  # multip
 SIXTEEN_BIT = frozenset({GGMLType.F16, GGMLType.BF16})  # runs decoded for BLAS by the native kernels
 NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS})  # decoded a super-block at a time
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS (or AMX_TYPES' tiles)
-AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0})  # tiles for many rows
+AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0,
+                       GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # tiles for many rows
+# The k-quants' tiles multiply each sub-block's products by its scale in int32, a cost per row
+# of terms: in three terms TinyLlama-shaped Q4_K_M layers ran at ~155 rows/s for any count of
+# rows, while BLAS on decoded runs grows with them (109 at 64 rows, 153 at 256, 176 at 512). Past
+# this many rows of x in three terms, BLAS; in one term (int8_activations) the tiles at any count
+# (2.2x BLAS at 512).
+KQUANT_TILE_ROWS = 256
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 HUGE_PAGE_BYTES = 2 << 20  # packed weights this large go on huge pages (weight_buffer)
@@ -238,7 +245,7 @@ class GGUFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and (self.int8_activations or x.numel() <= DECODE_ROWS * self.in_features
-                                        or (self.ggml_type in AMX_TYPES and native().amx())):
+                                        or self._on_tiles(x.numel() // self.in_features)):
             # any leading dimensions go straight to the kernel: a decode step's hot path (no
             # x.float() there: even returning x itself, a torch call costs a microsecond or two)
             x = x if x.dtype is torch.float32 else x.float()
@@ -258,6 +265,12 @@ class GGUFLinear(nn.Module):
             else:
                 y = self._blas(flat, ext)
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _on_tiles(self, rows: int) -> bool:
+        """Whether many rows of x in three terms go to the AMX tiles rather than BLAS."""
+        if self.ggml_type not in AMX_TYPES or not native().amx():
+            return False
+        return self.ggml_type not in NATIVE_KQUANTS or rows <= KQUANT_TILE_ROWS
 
     def ggml_bytes(self) -> torch.Tensor:
         """The weight in its GGML encoding (as in the file)."""

@@ -1,15 +1,9 @@
 // Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_0 in the packed 8-row layout (packed_layout.h): pack,
 // unpack, decode to float32, and products in integers with x rounded to int8 blocks; and the
 // packed layout's entry points, for the k-quants too (packed_kquant_kernels.cpp).
+#include "amx_tiles.h"
 #include "kernels.h"
 #include "packed_layout.h"
-
-#ifdef __AMX_INT8__
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#include <atomic>
-#endif
 
 namespace llamaherd {
 
@@ -334,66 +328,9 @@ void packed_tile(int64_t terms, int64_t tm, const uint8_t* gw, int64_t stride, i
 }
 
 #ifdef __AMX_INT8__
-// AMX tiles (Intel since Sapphire Rapids): one instruction multiplies 16 rows of int8 by a block
-// of 16 weight rows, where the vector kernels need 8 multiply-adds a row. A group pair's block
-// is unpacked to bytes once (B: Lanes16's chunks, 4 values of each of 16 rows a 64-byte row, the
-// tiles' own order), the rows of x terms are laid out block by block (A), and each block's
-// int32 products (C) are stored and go through add_block as the vector kernels' do: the same
-// integers, so the same floats. The stores are read two blocks later, not waited for. Storing
-// C bounds the speed (a row of terms costs a 64-byte store a block): TinyLlama's layers with 8
-// rows of x in three terms, 1.4x faster than the vectors; one term, 1.1x.
-namespace amx {
-
-constexpr int64_t MIN_TERM_ROWS = 8;  // rows of x times terms from which the tiles beat the vectors
-constexpr int64_t TERM_ROWS = 32;     // rows of terms a pass: two A tiles
-
-struct TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-// Tiles 0, 1: A, up to 16 rows of terms each, of one block (32 int8); 2: B, that block's 32
-// values of 16 weight rows, 4 a row; 3, 4: C, their int32 products, as many rows as A's. Tiles
-// hold only the rows a pass has: the products' stores bound the speed. (GCC's tile intrinsics
-// take tile numbers as literal tokens.)
-inline void configure(int64_t term_rows) {
-  TileConfig c{};
-  c.palette = 1;
-  c.rows[0] = c.rows[3] = uint8_t(std::min<int64_t>(16, term_rows));
-  c.rows[1] = c.rows[4] = uint8_t(std::max<int64_t>(1, term_rows - 16));
-  c.colsb[0] = c.colsb[1] = 32;
-  c.rows[2] = 8, c.colsb[2] = 64;
-  c.colsb[3] = c.colsb[4] = 64;
-  _tile_loadconfig(&c);
-}
-
-// Linux lends the tiles' state to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM, 5.16+);
-// use_amx(false) keeps to the vector kernels (tests compare the two).
-inline std::atomic<bool>& enabled() {
-  static std::atomic<bool> on{[] {
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }()};
-  return on;
-}
-
-// One block of a group pair: its values (bv, 512 bytes, int8) times the pass's rows of terms
-// (xa, 32 bytes apart; the second tile's from row 16) into c [rows][16].
-inline void block_products(const uint8_t* bv, const int8_t* xa, bool two, int32_t* c) {
-  _tile_loadd(2, bv, 64);
-  _tile_loadd(0, xa, 32);
-  _tile_zero(3);
-  _tile_dpbssd(3, 0, 2);
-  _tile_stored(3, c, 64);
-  if (two) {
-    _tile_loadd(1, xa + 16 * 32, 32);
-    _tile_zero(4);
-    _tile_dpbssd(4, 1, 2);
-    _tile_stored(4, c + 16 * 16, 64);
-  }
-}
-
+// The 32-value types on AMX tiles (amx_tiles.h): TinyLlama's layers with 8 rows of x in three
+// terms, 1.4x faster than the vectors; one term, 1.1x.
+//
 // y[m0 .., 8g .. 8g+15] for xr rows of x (xr * TERMS <= TERM_ROWS) against groups g, g+1 (gw;
 // the next `stride` on), row i at out + i * out_stride. xa: the rows' terms block by block
 // (block j's at xa + j * xr * TERMS * 32), so a tile's rows are one contiguous run.
@@ -401,15 +338,15 @@ inline void block_products(const uint8_t* bv, const int8_t* xa, bool two, int32_
 // (q - OFFSET) x without the starts the vector chains need; the others' as they are (Q4_1's
 // and Q5_1's, below 32, are the same signed).
 template <int64_t T, int TERMS>
-void pair_rows(const uint8_t* gw, int64_t stride, int64_t nb, const int8_t* xa, const BlockTerms* bt, int64_t xr, float* out,
-               int64_t out_stride) {
+void pair_rows_on_tiles(const uint8_t* gw, int64_t stride, int64_t nb, const int8_t* xa, const BlockTerms* bt, int64_t xr,
+                        float* out, int64_t out_stride) {
   using L = Lanes16;
   constexpr bool SUBTRACT = TERMS_IN_INT32<T> && OFFSET<T> != 0;
   const int64_t gb = packed_block_bytes(T), tr = xr * TERMS;
   const bool two = tr > 16;
   alignas(64) uint8_t bv[2][512];
-  alignas(64) int32_t c[2][TERM_ROWS * 16];
-  __m512 acc[TERM_ROWS / TERMS];
+  alignas(64) int32_t c[2][amx::TERM_ROWS * 16];
+  __m512 acc[amx::TERM_ROWS / TERMS];
   for (int64_t i = 0; i < xr; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb + 2; ++b) {
     if (b < nb) {  // unpack block b
@@ -420,14 +357,12 @@ void pair_rows(const uint8_t* gw, int64_t stride, int64_t nb, const int8_t* xa, 
       } else {
         __m512i lo[4], hi[4];
         block_nibbles<T, L>(blk, stride, lo, hi);
-        for (int q = 0; q < 4; ++q) {
-          if constexpr (SUBTRACT) lo[q] = _mm512_sub_epi8(lo[q], L::bytes(OFFSET<T>)), hi[q] = _mm512_sub_epi8(hi[q], L::bytes(OFFSET<T>));
-          _mm512_store_si512(bv[b & 1] + 128 * q, lo[q]);
-          _mm512_store_si512(bv[b & 1] + 128 * q + 64, hi[q]);
-        }
+        if constexpr (SUBTRACT)
+          for (int q = 0; q < 4; ++q) lo[q] = _mm512_sub_epi8(lo[q], L::bytes(OFFSET<T>)), hi[q] = _mm512_sub_epi8(hi[q], L::bytes(OFFSET<T>));
+        amx::store_block(lo, hi, bv[b & 1]);
       }
     }
-    if (b >= 1 && b <= nb) block_products(bv[(b - 1) & 1], xa + (b - 1) * tr * 32, two, c[(b - 1) & 1]);
+    if (b >= 1 && b <= nb) amx::block_products(bv[(b - 1) & 1], xa + (b - 1) * tr * 32, two, c[(b - 1) & 1]);
     if (b >= 2) {  // add up block j
       const int64_t j = b - 2;
       const uint8_t* blk = gw + j * gb;
@@ -443,52 +378,20 @@ void pair_rows(const uint8_t* gw, int64_t stride, int64_t nb, const int8_t* xa, 
   for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
 }
 
-inline bool pays(int64_t m, int64_t terms) { return m * terms >= MIN_TERM_ROWS && enabled().load(std::memory_order_relaxed); }
-
-// y [m, n] on the tiles: threads split the pairs of weight groups (an odd last group: Lanes8),
-// ROW_BLOCK rows of x at a time, whose terms stay in the caches while every pair goes by.
 template <int64_t T, int TERMS>
-void gemm(const Q8Act& a, const Filled<BlockTerms>& bt, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
-  constexpr int64_t XR = TERM_ROWS / TERMS, ROW_BLOCK = XR * (64 / XR);
-  const int64_t nb = k / 32, stride = nb * packed_block_bytes(T), groups = groups_of(n);
-  Filled<int8_t> blocked(a.q.size());  // each pass's rows of terms block by block (pair_rows)
-  at::parallel_for(0, nb, std::max<int64_t>(1, 2048 / (m * TERMS)), [&](int64_t j0, int64_t j1) {
-    for (int64_t m0 = 0; m0 < m; m0 += XR) {
-      const int64_t tr = std::min(XR, m - m0) * TERMS;
-      const int8_t* src = a.q.data() + m0 * TERMS * k;
-      int8_t* dst = blocked.data() + m0 * TERMS * k;
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t r = 0; r < tr; ++r) std::memcpy(dst + (j * tr + r) * 32, src + r * k + 32 * j, 32);
-    }
-  });
-  for (int64_t r0 = 0; r0 < m; r0 += ROW_BLOCK) {
-    const int64_t r1 = std::min(m, r0 + ROW_BLOCK);
-    const int64_t grain = std::max<int64_t>(1, PARALLEL_MIN_BYTES / (2 * stride * std::max<int64_t>(1, (r1 - r0) * TERMS / 4)));
-    at::parallel_for(0, (groups + 1) / 2, grain, [&](int64_t p0, int64_t p1) {
-      int64_t configured = 0;  // the tiles' rows of terms
-      alignas(64) float out[XR * 16];
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t g = 2 * p, cols = std::min<int64_t>(16, n - 8 * g);
-        const uint8_t* gw = w + g * stride;
-        for (int64_t m0 = r0; m0 < r1; m0 += XR) {
-          const int64_t xr = std::min(XR, r1 - m0);
-          if (xr * TERMS != configured) configure(configured = xr * TERMS);
-          if (g + 1 == groups) {
-            for (int64_t r = 0; r < xr; r += PACKED_TM)
-              packed_tile<T, Lanes8>(TERMS, std::min<int64_t>(PACKED_TM, xr - r), gw, stride, nb, a, bt.data() + (m0 + r) * nb, m0 + r, k,
-                                     out + 16 * r, 16);
-          } else {
-            pair_rows<T, TERMS>(gw, stride, nb, blocked.data() + m0 * TERMS * k, bt.data() + m0 * nb, xr, out, 16);
-          }
-          for (int64_t i = 0; i < xr; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out + 16 * i, cols * sizeof(float));
-        }
-      }
-      if (configured) _tile_release();
-    });
-  }
+void gemm_on_tiles(const Q8Act& a, const Filled<BlockTerms>& bt, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+  const int64_t nb = k / 32, stride = nb * packed_block_bytes(T);
+  amx::gemm_on_tiles<TERMS>(
+      a, m, k, n, stride, w, y,
+      [&](const uint8_t* gw, int64_t m0, int64_t xr, const int8_t* xa, float* out) {
+        pair_rows_on_tiles<T, TERMS>(gw, stride, nb, xa, bt.data() + m0 * nb, xr, out, 16);
+      },
+      [&](const uint8_t* gw, int64_t m0, int64_t xr, float* out) {
+        for (int64_t r = 0; r < xr; r += PACKED_TM)
+          packed_tile<T, Lanes8>(TERMS, std::min<int64_t>(PACKED_TM, xr - r), gw, stride, nb, a, bt.data() + (m0 + r) * nb, m0 + r, k,
+                                 out + 16 * r, 16);
+      });
 }
-
-}  // namespace amx
 #endif
 
 // y [m, n] = the products of the m rows of x, each carried by `terms` int8 terms in `a` (see
@@ -502,9 +405,9 @@ void packed_gemm(const Q8Act& a, const uint8_t* w, int64_t m, int64_t terms, int
 #ifdef __AMX_INT8__
   if (amx::pays(m, terms)) {
     switch (terms) {
-      case 1: return amx::gemm<T, 1>(a, bt, w, m, k, n, y);
-      case 2: return amx::gemm<T, 2>(a, bt, w, m, k, n, y);
-      default: return amx::gemm<T, 3>(a, bt, w, m, k, n, y);
+      case 1: return gemm_on_tiles<T, 1>(a, bt, w, m, k, n, y);
+      case 2: return gemm_on_tiles<T, 2>(a, bt, w, m, k, n, y);
+      default: return gemm_on_tiles<T, 3>(a, bt, w, m, k, n, y);
     }
   }
 #endif

@@ -1,5 +1,6 @@
 // The k-quants Q2_K .. Q6_K in the packed 8-row layout (packed_layout.h): pack, unpack, decode
 // to float32, and products in integers with x rounded to int8 in blocks of 256 (GGML's Q8_K).
+#include "amx_tiles.h"
 #include "packed_layout.h"
 
 namespace llamaherd::packed {
@@ -435,6 +436,53 @@ inline typename L::I scaled_dot(const typename L::I* lo, const typename L::I* hi
   }
 }
 
+// A super-block's share of a row of y (acc, L's rows), from its integer sums isum[TERMS] (each
+// term's sub-blocks' products times their scales) and x's float sums: the steps of GGML's
+// k-quant products in float. The vector and tile kernels share them: the same floats.
+// Q4_K, Q5_K: d * e * sum - dmin * sum over sub-blocks of min * sum(x) (xsum per 32 values).
+template <int TERMS, class L>
+inline void k45_floats(const uint8_t* blk, int64_t stride, const typename L::I* isum, const Q8Act& a, const float* xsum, int64_t row,
+                       int64_t sb, int64_t k, typename L::F& acc) {
+  using F = typename L::F;
+  F f = L::to_float(isum[0]);  // in units of the last term's scale
+  for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, L::all(float(1 << TERM_SHIFT)), L::to_float(isum[t]));
+  const float e = a.d[(row * TERMS + TERMS - 1) * (k / 256) + sb];
+  const float* xs = xsum + row * (k / 32) + 8 * sb;
+  F mins = L::all(0.f);
+  for (int j = 0; j < 8; ++j) mins = L::fmadd(L::to_float(L::bytes_u32(blk + K4_MINS + 8 * j, stride)), L::all(xs[j]), mins);
+  acc = L::fnmadd(L::halves(blk + K4_DMIN, stride), mins, L::fmadd(L::mul(L::halves(blk, stride), L::all(e)), f, acc));
+}
+
+// k16: row r's scale of 16 values g in lane r, as int32
+template <int64_t T, class L>
+inline typename L::I k16_scales(const uint8_t* blk, int64_t stride, int g) {
+  if constexpr (T == Q2_K) return L::bit_and(L::bytes_u32(blk + K16_SCALES<T> + 8 * g, stride), L::all_int(0x0F));
+  else return L::bytes_i32(blk + K16_SCALES<T> + 8 * g, stride);
+}
+
+// k16: d * (e * sum - offset * sum over the 16 scales of scale * sum(x)); Q2_K: d * e * sum -
+// dmin * sum over its minimums of min * sum(x) (xsum16 per 16 values).
+template <int64_t T, int TERMS, class L>
+inline void k16_floats(const uint8_t* blk, int64_t stride, const typename L::I* isum, const Q8Act& a, const float* xsum16, int64_t row,
+                       int64_t sb, int64_t k, typename L::F& acc) {
+  using F = typename L::F;
+  F f = L::to_float(isum[0]);  // in units of the last term's scale
+  for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, L::all(float(1 << TERM_SHIFT)), L::to_float(isum[t]));
+  const float* xs = xsum16 + row * (k / 16) + 16 * sb;
+  const float e = a.d[(row * TERMS + TERMS - 1) * (k / 256) + sb];
+  F shift = L::all(0.f);
+  for (int g = 0; g < 16; ++g) {
+    const uint8_t* bytes = blk + K16_SCALES<T> + 8 * g;
+    const typename L::I by = T == Q2_K ? L::shift_right(L::bytes_u32(bytes, stride), 4) : L::bytes_i32(bytes, stride);
+    shift = L::fmadd(L::to_float(by), L::all(xs[g]), shift);
+  }
+  const F dw = L::halves(blk, stride);
+  if constexpr (T == Q2_K)
+    acc = L::fnmadd(L::halves(blk + 16, stride), shift, L::fmadd(L::mul(dw, L::all(e)), f, acc));
+  else
+    acc = L::fmadd(dw, L::fmadd(L::all(e), f, L::mul(L::all(-float(K16_OFFSET<T>)), shift)), acc);
+}
+
 // Q4_K, Q5_K: y[m, 8g ..] for TM rows of x against L::ROWS / 8 weight groups from g (gw; the
 // next one `stride` bytes on), row m of the tile at out + m * out_stride; x carried by TERMS
 // int8 terms with one scale per 256 values (quantize_act's block 256: one per super-block, as
@@ -452,7 +500,6 @@ inline void k45_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const
   F acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  const F next = L::all(float(1 << TERM_SHIFT));
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
     L::prefetch(blk, gb, stride);
@@ -467,16 +514,7 @@ inline void k45_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const
         for (int t = 0; t < TERMS; ++t)
           isum[m][t] = L::add(isum[m][t], scaled_dot<T, L, 0, 4>(lo, hi, xq + (m * TERMS + t) * k + 256 * sb + 32 * j, sc));
     }
-    const F dw = L::halves(blk, stride), dminw = L::halves(blk + K4_DMIN, stride);
-    for (int m = 0; m < TM; ++m) {
-      F f = L::to_float(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, next, L::to_float(isum[m][t]));
-      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      const float* xs = xsum + (m0 + m) * (k / 32) + 8 * sb;
-      F mins = L::all(0.f);
-      for (int j = 0; j < 8; ++j) mins = L::fmadd(L::to_float(L::bytes_u32(blk + K4_MINS + 8 * j, stride)), L::all(xs[j]), mins);
-      acc[m] = L::fnmadd(dminw, mins, L::fmadd(L::mul(dw, L::all(e)), f, acc[m]));
-    }
+    for (int m = 0; m < TM; ++m) k45_floats<TERMS, L>(blk, stride, isum[m], a, xsum, m0 + m, sb, k, acc[m]);
   }
   for (int m = 0; m < TM; ++m) L::store(out + out_stride * m, acc[m]);
 }
@@ -494,12 +532,6 @@ inline void k16_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const
   F acc[TM];
   for (int m = 0; m < TM; ++m) acc[m] = L::all(0.f);
   const int8_t* xq = a.q.data() + m0 * TERMS * k;  // row m's term t at xq + (m * TERMS + t) * k
-  const F next = L::all(float(1 << TERM_SHIFT)), minus_offset = L::all(-float(K16_OFFSET<T>));
-  // row r's scale (of 16 values g) in lane r, as int32
-  auto scales = [stride](const uint8_t* blk, int g) {
-    if constexpr (T == Q2_K) return L::bit_and(L::bytes_u32(blk + K16_SCALES<T> + 8 * g, stride), L::all_int(0x0F));
-    else return L::bytes_i32(blk + K16_SCALES<T> + 8 * g, stride);
-  };
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* blk = gw + sb * gb;
     L::prefetch(blk, gb, stride);
@@ -509,30 +541,14 @@ inline void k16_group_tile(const uint8_t* gw, int64_t stride, int64_t nsb, const
     for (int j = 0; j < 8; ++j) {
       I lo[4], hi[4];
       for (int c = 0; c < 4; ++c) k16_chunk<T, L>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, stride, c, lo[c], hi[c]);
-      const I sc0 = scales(blk, 2 * j), sc1 = scales(blk, 2 * j + 1);
+      const I sc0 = k16_scales<T, L>(blk, stride, 2 * j), sc1 = k16_scales<T, L>(blk, stride, 2 * j + 1);
       for (int m = 0; m < TM; ++m)
         for (int t = 0; t < TERMS; ++t) {
           const int8_t* xb = xq + (m * TERMS + t) * k + 256 * sb + 32 * j;
           isum[m][t] = L::add(isum[m][t], L::add(scaled_dot<T, L, 0, 2>(lo, hi, xb, sc0), scaled_dot<T, L, 2, 2>(lo, hi, xb, sc1)));
         }
     }
-    const F dw = L::halves(blk, stride);
-    for (int m = 0; m < TM; ++m) {
-      F f = L::to_float(isum[m][0]);  // in units of the last term's scale
-      for (int t = 1; t < TERMS; ++t) f = L::fmadd(f, next, L::to_float(isum[m][t]));
-      const float* xs = xsum16 + (m0 + m) * (k / 16) + 16 * sb;
-      const float e = a.d[((m0 + m) * TERMS + TERMS - 1) * (k / 256) + sb];
-      F shift = L::all(0.f);  // sum over the 16 scales (Q2_K: minimums) of it * sum(x)
-      for (int g = 0; g < 16; ++g) {
-        const uint8_t* bytes = blk + K16_SCALES<T> + 8 * g;
-        const I by = T == Q2_K ? L::shift_right(L::bytes_u32(bytes, stride), 4) : L::bytes_i32(bytes, stride);
-        shift = L::fmadd(L::to_float(by), L::all(xs[g]), shift);
-      }
-      if constexpr (T == Q2_K)
-        acc[m] = L::fnmadd(L::halves(blk + 16, stride), shift, L::fmadd(L::mul(dw, L::all(e)), f, acc[m]));
-      else
-        acc[m] = L::fmadd(dw, L::fmadd(L::all(e), f, L::mul(minus_offset, shift)), acc[m]);
-    }
+    for (int m = 0; m < TM; ++m) k16_floats<T, TERMS, L>(blk, stride, isum[m], a, xsum16, m0 + m, sb, k, acc[m]);
   }
   for (int m = 0; m < TM; ++m) L::store(out + out_stride * m, acc[m]);
 }
@@ -558,15 +574,100 @@ inline void kquant_tile(int64_t terms, int64_t tm, const uint8_t* gw, int64_t st
   }
 }
 
+#ifdef __AMX_INT8__
+// The k-quants on AMX tiles (amx_tiles.h), for many rows of x. A group pair's sub-block goes to
+// the tiles as its whole unsigned values (below 64: the same as signed bytes); its products
+// come back per scale (the k16 types: each 16 values apart, the tiles configured for 16) and
+// meet the scale in int32 (isum: each row of terms' sum over the super-block so far), then
+// the super-block's floats as the vector kernels': the same integers, the same floats.
+// y[m0 .., 8g .. 8g+15] for xr rows of x against groups g, g+1 (gw; the next `stride` on) into
+// out [xr][16]; xa: the rows' terms 32 values at a time (amx::gemm_on_tiles).
+template <int64_t T, int TERMS>
+void kquant_pair_on_tiles(const uint8_t* gw, int64_t stride, int64_t nsb, const int8_t* xa, const Q8Act& a, const float* sums, int64_t m0,
+                          int64_t xr, int64_t k, float* out) {
+  using L = Lanes16;
+  constexpr bool K16 = !(T == Q4_K || T == Q5_K);
+  constexpr int PARTS = K16 ? 2 : 1;  // products a sub-block: one per scale
+  const int64_t gb = packed_block_bytes(T), tr = xr * TERMS, nb = 8 * nsb;
+  const bool two = tr > 16;
+  alignas(64) uint8_t bv[2][512];
+  alignas(64) int32_t c[2][PARTS][amx::TERM_ROWS * 16];
+  alignas(64) int32_t isum[amx::TERM_ROWS * 16];
+  __m512 acc[amx::TERM_ROWS / TERMS];
+  for (int64_t i = 0; i < xr; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb + 2; ++b) {  // sub-block b: unpacked, then multiplied, then added up
+    if (b < nb) {
+      const uint8_t* blk = gw + (b / 8) * gb;
+      const int j = int(b % 8);
+      if (j == 0) L::prefetch(blk, gb, stride);
+      __m512i lo[4], hi[4];
+      for (int q = 0; q < 4; ++q) {
+        if constexpr (K16) k16_chunk<T, L>(blk + K16_SUBBLOCKS<T> + K16_SUB<T> * j, stride, q, lo[q], hi[q]);
+        else k45_chunk<T, L>(blk + K4_CHUNKS + K45_SUB<T> * j, stride, q, lo[q], hi[q]);
+      }
+      amx::store_block(lo, hi, bv[b & 1]);
+    }
+    if (b >= 1 && b <= nb)  // part p: B's rows 4p .. (values 16p ..), each term's 16 values from 16p
+      for (int p = 0; p < PARTS; ++p) amx::block_products(bv[(b - 1) & 1] + 256 * p, xa + (b - 1) * tr * 32 + 16 * p, two, c[(b - 1) & 1][p]);
+    if (b >= 2) {
+      const int64_t sb = (b - 2) / 8;
+      const int j = int((b - 2) % 8);
+      const uint8_t* blk = gw + sb * gb;
+      __m512i sc[PARTS];
+      if constexpr (K16) sc[0] = k16_scales<T, L>(blk, stride, 2 * j), sc[1] = k16_scales<T, L>(blk, stride, 2 * j + 1);
+      else sc[0] = L::bytes_u32(blk + K4_SCALES + 8 * j, stride);
+      const auto& cj = c[b & 1];  // (b - 2) & 1
+      for (int64_t r = 0; r < tr; ++r) {
+        __m512i sum = j == 0 ? L::zero() : _mm512_load_si512(isum + 16 * r);
+        for (int p = 0; p < PARTS; ++p) sum = L::add(sum, L::mul_int(_mm512_load_si512(cj[p] + 16 * r), sc[p]));
+        _mm512_store_si512(isum + 16 * r, sum);
+      }
+      if (j == 7)
+        for (int64_t i = 0; i < xr; ++i) {
+          __m512i rows[TERMS];
+          for (int t = 0; t < TERMS; ++t) rows[t] = _mm512_load_si512(isum + 16 * (i * TERMS + t));
+          if constexpr (K16) k16_floats<T, TERMS, L>(blk, stride, rows, a, sums, m0 + i, sb, k, acc[i]);
+          else k45_floats<TERMS, L>(blk, stride, rows, a, sums, m0 + i, sb, k, acc[i]);
+        }
+    }
+  }
+  for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
+}
+
+template <int64_t T, int TERMS>
+void kquant_gemm_on_tiles(const Q8Act& a, const float* sums, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
+  const int64_t nsb = k / 256, stride = nsb * packed_block_bytes(T);
+  amx::gemm_on_tiles<TERMS, T == Q4_K || T == Q5_K ? 32 : 16>(
+      a, m, k, n, stride, w, y,
+      [&](const uint8_t* gw, int64_t m0, int64_t xr, const int8_t* xa, float* out) {
+        kquant_pair_on_tiles<T, TERMS>(gw, stride, nsb, xa, a, sums, m0, xr, k, out);
+      },
+      [&](const uint8_t* gw, int64_t m0, int64_t xr, float* out) {
+        for (int64_t r = 0; r < xr; r += KQ_TM)
+          kquant_tile<T, Lanes8>(TERMS, std::min<int64_t>(KQ_TM, xr - r), gw, stride, nsb, a, sums, m0 + r, k, out + 16 * r, 16);
+      });
+}
+#endif
+
 // y [m, n] for a packed k-quant weight: x rounded by quantize_act(x, m, k, terms, 256), with its
-// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales); WideLanes'
-// rows at a time (an odd last group: Lanes8), as the 32-value types.
+// float sums per 32 values (Q4_K's and Q5_K's minimums) or 16 (the k16 types' scales); on AMX
+// tiles where they pay, else WideLanes' rows at a time (an odd last group: Lanes8), as the
+// 32-value types.
 template <int64_t T>
 void packed_gemm_kquant(const float* x, const uint8_t* w, int64_t m, int64_t terms, int64_t k, int64_t n, float* y) {
   constexpr int WIDE = WideLanes::ROWS / 8;
   const int64_t nsb = k / 256, stride = nsb * packed_block_bytes(T), groups = groups_of(n);
   const Q8Act a = quantize_act(x, m, k, terms, 256);
   const std::vector<float> sums = span_sums(x, m, k, T == Q4_K || T == Q5_K ? 32 : 16);
+#ifdef __AMX_INT8__
+  if (amx::pays(m, terms)) {
+    switch (terms) {
+      case 1: return kquant_gemm_on_tiles<T, 1>(a, sums.data(), w, m, k, n, y);
+      case 2: return kquant_gemm_on_tiles<T, 2>(a, sums.data(), w, m, k, n, y);
+      default: return kquant_gemm_on_tiles<T, 3>(a, sums.data(), w, m, k, n, y);
+    }
+  }
+#endif
   for_group_tiles<KQ_TM, WIDE>(m, n, stride, terms, y, [&](int64_t g, int64_t m0, int64_t tm, float* out) {
     const uint8_t* gw = w + g * stride;
     if (g + WIDE > groups)  // the last group alone, into the tile's first 8 columns of each row
