@@ -16,7 +16,7 @@ Nothing is decoded to float32 at load time. Products are computed
         against 27 GB/s with one term). For many rows the packed types run on AMX tiles
         where the CPU has them (Intel since Sapphire Rapids; csrc/amx_tiles.h), faster than
         BLAS on decoded runs (Q4_0, 512 rows: 1.35x; 64 rows: 2x; the k-quants up to
-        KQUANT_TILE_ROWS rows); elsewhere more than DECODE_ROWS rows go to BLAS on decoded runs;
+        KQUANT_TILE_ROWS); elsewhere more than DECODE_ROWS rows go to BLAS on decoded runs;
       - with int8_activations (load(..., int8_activations=True)) one term, as llama.cpp does:
         a third of the arithmetic, but |error| <= half a step (1/254 of the block's largest
         value) moves logits by ~1 on SmolLM2.
@@ -59,12 +59,12 @@ NATIVE_KQUANTS = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLTyp
 DECODE_ROWS = 8  # up to this many input rows go through the row/integer kernels; more through BLAS (or AMX_TYPES' tiles)
 AMX_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.Q8_0,
                        GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})  # tiles for many rows
-# The k-quants' tiles multiply each sub-block's products by its scale in int32, a cost per row
-# of terms: in three terms TinyLlama-shaped Q4_K_M layers ran at ~155 rows/s for any count of
-# rows, while BLAS on decoded runs grows with them (109 at 64 rows, 153 at 256, 176 at 512). Past
-# this many rows of x in three terms, BLAS; in one term (int8_activations) the tiles at any count
-# (2.2x BLAS at 512).
-KQUANT_TILE_ROWS = 256
+# Rows of x in three terms up to which the k-quants go to the tiles; past them, BLAS on decoded
+# runs, which grows with the rows while the tiles keep their pace. Measured on TinyLlama-shaped
+# layers against BLAS: Q4_K (its scales folded into the tiles' bytes) 1.3x at 512 rows; Q5_K
+# 1.56x at 64, 1.09x at 256, 0.99x at 512; Q2_K, Q3_K, Q6_K (two scales a sub-block) 1.1x at
+# 64, 0.75x at 256. In one term (int8_activations) the tiles at any count (Q6_K 1.7x, Q4_K 3x).
+KQUANT_TILE_ROWS = {GGMLType.Q4_K: 1 << 62, GGMLType.Q5_K: 256, GGMLType.Q2_K: 64, GGMLType.Q3_K: 64, GGMLType.Q6_K: 64}
 SCRATCH_BYTES = 8 << 20  # decoded weight run for the BLAS path
 PACK_CHUNK_BYTES = 4 << 20  # a weight's file bytes repacked at a time (GGUFLinear.pack)
 HUGE_PAGE_BYTES = 2 << 20  # packed weights this large go on huge pages (weight_buffer)
@@ -270,7 +270,7 @@ class GGUFLinear(nn.Module):
         """Whether many rows of x in three terms go to the AMX tiles rather than BLAS."""
         if self.ggml_type not in AMX_TYPES or not native().amx():
             return False
-        return self.ggml_type not in NATIVE_KQUANTS or rows <= KQUANT_TILE_ROWS
+        return rows <= KQUANT_TILE_ROWS.get(self.ggml_type, rows)
 
     def ggml_bytes(self) -> torch.Tensor:
         """The weight in its GGML encoding (as in the file)."""

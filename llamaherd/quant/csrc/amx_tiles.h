@@ -29,17 +29,18 @@ struct TileConfig {
 };
 
 // Tiles 0, 1: A, up to 16 rows of terms each, of one block (32 int8; VALUES of them where a
-// scale covers fewer); 2: B, those values of 16 weight rows, 4 a row; 3, 4: C, their int32
-// products, as many rows as A's. Tiles hold only the rows a pass has: the products' stores
-// bound the speed. (GCC's tile intrinsics take tile numbers as literal tokens.)
+// scale covers fewer); 2 (and 5): B, those values of 16 weight rows, 4 a row; 3, 4 (and 6, 7,
+// from B 5): C, their int32 products, as many rows as A's. Tiles hold only the rows a pass has:
+// the products' stores bound the speed. (GCC's tile intrinsics take tile numbers as literal
+// tokens.)
 inline void configure(int64_t term_rows, int values) {
   TileConfig c{};
   c.palette = 1;
-  c.rows[0] = c.rows[3] = uint8_t(std::min<int64_t>(16, term_rows));
-  c.rows[1] = c.rows[4] = uint8_t(std::max<int64_t>(1, term_rows - 16));
+  c.rows[0] = c.rows[3] = c.rows[6] = uint8_t(std::min<int64_t>(16, term_rows));
+  c.rows[1] = c.rows[4] = c.rows[7] = uint8_t(std::max<int64_t>(1, term_rows - 16));
   c.colsb[0] = c.colsb[1] = uint16_t(values);
-  c.rows[2] = uint8_t(values / 4), c.colsb[2] = 64;
-  c.colsb[3] = c.colsb[4] = 64;
+  c.rows[2] = c.rows[5] = uint8_t(values / 4), c.colsb[2] = c.colsb[5] = 64;
+  c.colsb[3] = c.colsb[4] = c.colsb[6] = c.colsb[7] = 64;
   _tile_loadconfig(&c);
 }
 

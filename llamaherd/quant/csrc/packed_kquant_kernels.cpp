@@ -634,13 +634,94 @@ void kquant_pair_on_tiles(const uint8_t* gw, int64_t stride, int64_t nsb, const 
   for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
 }
 
+// Q4_K in three terms: its 4-bit values times a 6-bit scale don't fit a byte, but times 3 bits
+// of it do (15 * 7 = 105). B holds the values times the scale's low 3 bits (tile 2) and high 3
+// (tile 5), so the tiles add up a whole super-block's products with their scales (C = 8 * C_hi
+// + C_lo, |C| <= 256 * 105 * 127 a tile), stored once a super-block instead of once a
+// sub-block, and no multiply by the scales in vectors: the same integers as scaled_dot's sums.
+// The byte products come from a table of s * w (s < 8, w < 16) at 16 s + w, one lookup
+// (vpermi2b) a register. Otherwise as kquant_pair_on_tiles.
+template <int TERMS>
+void q4k_pair_folded(const uint8_t* gw, int64_t stride, int64_t nsb, const int8_t* xa, const Q8Act& a, const float* sums, int64_t m0,
+                     int64_t xr, int64_t k, float* out) {
+  using L = Lanes16;
+  static constexpr auto FOLD = [] {
+    std::array<uint8_t, 128> t{};
+    for (int i = 0; i < 128; ++i) t[i] = uint8_t((i >> 4) * (i & 15));
+    return t;
+  }();
+  const __m512i fold0 = _mm512_loadu_si512(FOLD.data()), fold1 = _mm512_loadu_si512(FOLD.data() + 64);
+  const __m512i seven = _mm512_set1_epi32(7), every_byte = _mm512_set1_epi32(0x10101010);
+  const int64_t gb = packed_block_bytes(Q4_K), tr = xr * TERMS;
+  const bool two = tr > 16;
+  alignas(64) uint8_t bv[2][1024];  // B: the values times the scales' low bits, times their high bits
+  alignas(64) int32_t c[2][amx::TERM_ROWS * 16];
+  __m512 acc[amx::TERM_ROWS / TERMS];
+  for (int64_t i = 0; i < xr; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* blk = gw + sb * gb;
+    L::prefetch(blk, gb, stride);
+    _tile_zero(3);
+    _tile_zero(6);
+    _tile_zero(4);
+    _tile_zero(7);
+    for (int j = 0; j < 9; ++j) {  // sub-block j's B built while j - 1's go to the tiles
+      uint8_t* bj = bv[j & 1];
+      if (j < 8) {
+        // row r's 3 scale bits s as 16 s in each of its 4 bytes: the table's row for them
+        const __m512i sc = L::bytes_u32(blk + K4_SCALES + 8 * j, stride);
+        const __m512i rows_lo = _mm512_mullo_epi32(_mm512_and_si512(sc, seven), every_byte);
+        const __m512i rows_hi = _mm512_mullo_epi32(_mm512_srli_epi32(sc, 3), every_byte);
+        __m512i lo[4], hi[4];
+        for (int q = 0; q < 4; ++q) k45_chunk<Q4_K, L>(blk + K4_CHUNKS + K45_SUB<Q4_K> * j, stride, q, lo[q], hi[q]);
+        for (int q = 0; q < 4; ++q) {
+          _mm512_store_si512(bj + 128 * q, _mm512_permutex2var_epi8(fold0, _mm512_or_si512(lo[q], rows_lo), fold1));
+          _mm512_store_si512(bj + 128 * q + 64, _mm512_permutex2var_epi8(fold0, _mm512_or_si512(hi[q], rows_lo), fold1));
+          _mm512_store_si512(bj + 512 + 128 * q, _mm512_permutex2var_epi8(fold0, _mm512_or_si512(lo[q], rows_hi), fold1));
+          _mm512_store_si512(bj + 512 + 128 * q + 64, _mm512_permutex2var_epi8(fold0, _mm512_or_si512(hi[q], rows_hi), fold1));
+        }
+      }
+      if (j >= 1) {
+        const uint8_t* bp = bv[(j - 1) & 1];
+        const int8_t* xj = xa + (8 * sb + j - 1) * tr * 32;
+        _tile_loadd(2, bp, 64);
+        _tile_loadd(5, bp + 512, 64);
+        _tile_loadd(0, xj, 32);
+        _tile_dpbssd(3, 0, 2);
+        _tile_dpbssd(6, 0, 5);
+        if (two) {
+          _tile_loadd(1, xj + 16 * 32, 32);
+          _tile_dpbssd(4, 1, 2);
+          _tile_dpbssd(7, 1, 5);
+        }
+      }
+    }
+    _tile_stored(3, c[0], 64);
+    _tile_stored(6, c[1], 64);
+    if (two) {
+      _tile_stored(4, c[0] + 16 * 16, 64);
+      _tile_stored(7, c[1] + 16 * 16, 64);
+    }
+    for (int64_t i = 0; i < xr; ++i) {
+      __m512i rows[TERMS];
+      for (int t = 0; t < TERMS; ++t) {
+        const int64_t r = 16 * (i * TERMS + t);
+        rows[t] = L::add(L::shift_left(_mm512_load_si512(c[1] + r), 3), _mm512_load_si512(c[0] + r));
+      }
+      k45_floats<TERMS, L>(blk, stride, rows, a, sums, m0 + i, sb, k, acc[i]);
+    }
+  }
+  for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
+}
+
 template <int64_t T, int TERMS>
 void kquant_gemm_on_tiles(const Q8Act& a, const float* sums, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   const int64_t nsb = k / 256, stride = nsb * packed_block_bytes(T);
   amx::gemm_on_tiles<TERMS, T == Q4_K || T == Q5_K ? 32 : 16>(
       a, m, k, n, stride, w, y,
       [&](const uint8_t* gw, int64_t m0, int64_t xr, const int8_t* xa, float* out) {
-        kquant_pair_on_tiles<T, TERMS>(gw, stride, nsb, xa, a, sums, m0, xr, k, out);
+        if constexpr (T == Q4_K) q4k_pair_folded<TERMS>(gw, stride, nsb, xa, a, sums, m0, xr, k, out);
+        else kquant_pair_on_tiles<T, TERMS>(gw, stride, nsb, xa, a, sums, m0, xr, k, out);
       },
       [&](const uint8_t* gw, int64_t m0, int64_t xr, float* out) {
         for (int64_t r = 0; r < xr; r += KQ_TM)
