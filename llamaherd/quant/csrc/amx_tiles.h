@@ -29,18 +29,24 @@ struct TileConfig {
 };
 
 // Tiles 0, 1: A, up to 16 rows of terms each, of one block (32 int8; VALUES of them where a
-// scale covers fewer); 2 (and 5): B, those values of 16 weight rows, 4 a row; 3, 4 (and 6, 7,
-// from B 5): C, their int32 products, as many rows as A's. Tiles hold only the rows a pass has:
-// the products' stores bound the speed. (GCC's tile intrinsics take tile numbers as literal
-// tokens.)
-inline void configure(int64_t term_rows, int values) {
+// scale covers fewer); 2: B, those values of 16 weight rows, 4 a row; 3, 4: C, their int32
+// products, as many rows as A's; with a second B (5), its C in 6 and 7. Tiles hold only the
+// rows a pass has, and only the tiles it uses are configured: the products' stores bound the
+// speed, and configuring 8 tiles where 5 would do cost the 32-value types 5% (Q4_0 prefill).
+// (GCC's tile intrinsics take tile numbers as literal tokens.)
+inline void configure(int64_t term_rows, int values, bool second_b) {
   TileConfig c{};
   c.palette = 1;
-  c.rows[0] = c.rows[3] = c.rows[6] = uint8_t(std::min<int64_t>(16, term_rows));
-  c.rows[1] = c.rows[4] = c.rows[7] = uint8_t(std::max<int64_t>(1, term_rows - 16));
+  const uint8_t a0 = uint8_t(std::min<int64_t>(16, term_rows)), a1 = uint8_t(std::max<int64_t>(1, term_rows - 16));
+  c.rows[0] = c.rows[3] = a0;
+  c.rows[1] = c.rows[4] = a1;
   c.colsb[0] = c.colsb[1] = uint16_t(values);
-  c.rows[2] = c.rows[5] = uint8_t(values / 4), c.colsb[2] = c.colsb[5] = 64;
-  c.colsb[3] = c.colsb[4] = c.colsb[6] = c.colsb[7] = 64;
+  c.rows[2] = uint8_t(values / 4), c.colsb[2] = 64;
+  c.colsb[3] = c.colsb[4] = 64;
+  if (second_b) {
+    c.rows[5] = c.rows[2], c.colsb[5] = 64;
+    c.rows[6] = a0, c.rows[7] = a1, c.colsb[6] = c.colsb[7] = 64;
+  }
   _tile_loadconfig(&c);
 }
 
@@ -88,8 +94,8 @@ inline void store_block(const __m512i* lo, const __m512i* hi, uint8_t* bv) {
 // by. pair(gw, m0, xr, xa, out) fills out [xr][16] for rows m0 .. m0+xr of x against groups
 // g, g+1 at gw, xa their terms block by block (block j's xr * TERMS rows at xa + j * xr * TERMS
 // * 32, so a tile's rows are one contiguous run); lone(gw, m0, xr, out) does an odd last group
-// (its first 8 columns). VALUES: of a block a product takes (configure).
-template <int TERMS, int VALUES = 32, class Pair, class Lone>
+// (its first 8 columns). VALUES, SECOND_B: the tiles' setup (configure).
+template <int TERMS, int VALUES = 32, bool SECOND_B = false, class Pair, class Lone>
 void gemm_on_tiles(const Q8Act& a, int64_t m, int64_t k, int64_t n, int64_t stride, const uint8_t* w, float* y, Pair pair, Lone lone) {
   constexpr int64_t XR = TERM_ROWS / TERMS, ROW_BLOCK = XR * (64 / XR);
   const int64_t nb = k / 32, groups = groups_of(n);
@@ -114,7 +120,7 @@ void gemm_on_tiles(const Q8Act& a, int64_t m, int64_t k, int64_t n, int64_t stri
         const uint8_t* gw = w + g * stride;
         for (int64_t m0 = r0; m0 < r1; m0 += XR) {
           const int64_t xr = std::min(XR, r1 - m0);
-          if (xr * TERMS != configured) configure(configured = xr * TERMS, VALUES);
+          if (xr * TERMS != configured) configure(configured = xr * TERMS, VALUES, SECOND_B);
           if (g + 1 == groups) lone(gw, m0, xr, out);
           else pair(gw, m0, xr, blocked.data() + m0 * TERMS * k, out);
           for (int64_t i = 0; i < xr; ++i) std::memcpy(y + (m0 + i) * n + 8 * g, out + 16 * i, cols * sizeof(float));

@@ -634,7 +634,7 @@ void kquant_pair_on_tiles(const uint8_t* gw, int64_t stride, int64_t nsb, const 
   for (int64_t i = 0; i < xr; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
 }
 
-// Q4_K in three terms: its 4-bit values times a 6-bit scale don't fit a byte, but times 3 bits
+// Q4_K: its 4-bit values times a 6-bit scale don't fit a byte, but times 3 bits
 // of it do (15 * 7 = 105). B holds the values times the scale's low 3 bits (tile 2) and high 3
 // (tile 5), so the tiles add up a whole super-block's products with their scales (C = 8 * C_hi
 // + C_lo, |C| <= 256 * 105 * 127 a tile), stored once a super-block instead of once a
@@ -654,8 +654,8 @@ void q4k_pair_folded(const uint8_t* gw, int64_t stride, int64_t nsb, const int8_
   const __m512i seven = _mm512_set1_epi32(7), every_byte = _mm512_set1_epi32(0x10101010);
   const int64_t gb = packed_block_bytes(Q4_K), tr = xr * TERMS;
   const bool two = tr > 16;
-  alignas(64) uint8_t bv[2][1024];  // B: the values times the scales' low bits, times their high bits
-  alignas(64) int32_t c[2][amx::TERM_ROWS * 16];
+  alignas(64) uint8_t bv[2][1024];  // two sub-blocks' B in turn: the values times the scales' low bits, then high
+  alignas(64) int32_t c[2][amx::TERM_ROWS * 16];  // C_lo, C_hi
   __m512 acc[amx::TERM_ROWS / TERMS];
   for (int64_t i = 0; i < xr; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
@@ -717,7 +717,7 @@ void q4k_pair_folded(const uint8_t* gw, int64_t stride, int64_t nsb, const int8_
 template <int64_t T, int TERMS>
 void kquant_gemm_on_tiles(const Q8Act& a, const float* sums, const uint8_t* w, int64_t m, int64_t k, int64_t n, float* y) {
   const int64_t nsb = k / 256, stride = nsb * packed_block_bytes(T);
-  amx::gemm_on_tiles<TERMS, T == Q4_K || T == Q5_K ? 32 : 16>(
+  amx::gemm_on_tiles<TERMS, T == Q4_K || T == Q5_K ? 32 : 16, T == Q4_K>(
       a, m, k, n, stride, w, y,
       [&](const uint8_t* gw, int64_t m0, int64_t xr, const int8_t* xa, float* out) {
         if constexpr (T == Q4_K) q4k_pair_folded<TERMS>(gw, stride, nsb, xa, a, sums, m0, xr, k, out);
