@@ -338,7 +338,7 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
   for (int64_t i = 0; i < b; ++i) keys += (pp[i] + 1) * h;
   const int64_t grain = keys < (1 << 12) ? b * hkv : 1;
   at::parallel_for(0, b * hkv, grain, [&](int64_t a, int64_t e) {
-    std::vector<float> p(group * s), qr(group * d);
+    Filled<float> p(group * s), qr(group * d);  // written before read: not zeroed (s: the whole cache)
     for (int64_t task = a; task < e; ++task) {  // one (sequence, KV head) pair
       const int64_t bi = task / hkv, kvh = task % hkv;
       for (int64_t g = 0; g < group; ++g) {
