@@ -51,7 +51,8 @@ def _cpu_supports_avx2() -> bool:
 # and 12.1 -> 14.4 (one term); batch-8 decoding 1.36x faster, one row about the same.
 AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl", "avx512_vnni": "-mavx512vnni"}
 # Where it also has AMX (Intel since Sapphire Rapids), the packed products of many rows of x
-# (batched decoding, prefill) run on its tiles (csrc/amx_tiles.h).
+# (batched decoding, prefill) run on its tiles (csrc/amx_tiles.h); Q4_K's take a byte-table
+# lookup from AVX512-VBMI, which every CPU with AMX has.
 AMX_FLAGS = {"amx_tile": "-mamx-tile", "amx_int8": "-mamx-int8", "avx512vbmi": "-mavx512vbmi"}
 FLAGS = (BASE_FLAGS + (["-mavxvnni"] if "avx_vnni" in _cpu_flags() else [])
          + (list(AVX512_FLAGS.values()) if set(AVX512_FLAGS) <= _cpu_flags() else [])

@@ -20,7 +20,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_packed", &gemm_packed, "x @ W^T with W packed, x rounded to int8 blocks", nogil);
   m.def("use_amx", &use_amx, "let gemm_packed use AMX tiles where the CPU and OS have them (default); returns whether it will",
         py::arg("on"));
-  m.def("amx", &amx, "whether gemm_packed uses AMX tiles for many rows of x (the 32-value types)");
+  m.def("amx", &amx, "whether gemm_packed uses AMX tiles for many rows of x");
   m.def("gemm_kquant", &gemm_kquant_rows, "x @ W^T with W a k-quant, Q2_K to Q6_K (few rows of x), x rounded to int8 terms", nogil);
   m.def("dequant_kquant", &dequant_kquant, "decode rows of a k-quant weight (Q2_K to Q6_K) to float32", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
